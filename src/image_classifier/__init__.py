@@ -1,0 +1,1 @@
+"""Fine-tune and serve torchvision image classifiers in SageMaker containers."""

@@ -1,0 +1,82 @@
+"""Model artifacts: the weights and the one JSON config that serving needs, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WEIGHTS_FILE = "model.pth"          # the state_dict of create_model(arch, num_classes, dropout)
+CONFIG_FILE = "model_config.json"   # a ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """All serving needs to rebuild and feed the model, without the training config."""
+
+    arch: str                  # a name from image_classifier.models.MODEL_NAMES
+    num_classes: int
+    class_names: list[str]     # class folder names; class_id = index (sorted, as ImageFolder)
+    labels: list[str]          # class names without their `NNN.` prefix
+    image_size: int            # network input side, pixels
+    resize_size: int           # shorter-side resize before the center crop, pixels
+    mean: list[float]          # per-channel normalisation (RGB)
+    std: list[float]
+    dropout: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        """Raises: ValueError: not a model config (names the missing keys)."""
+        data: dict[str, Any] = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in data and n != "dropout")
+        if missing:
+            raise ValueError(f"{CONFIG_FILE} lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` through `atomic_write_bytes`: never a half-written file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_model(model_dir: Path, state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> None:
+    """Write `model.pth` then `model_config.json` into `model_dir` (SageMaker's model artifacts)."""
+    atomic_torch_save({k: v.detach().cpu() for k, v in state_dict.items()}, model_dir / WEIGHTS_FILE)
+    atomic_write_bytes(model_dir / CONFIG_FILE, spec.to_json().encode())
+
+
+def load_model(model_dir: Path) -> tuple[dict[str, torch.Tensor], ModelSpec]:
+    """Read the artifacts `save_model` wrote (`torch.load(weights_only=True)`).
+
+    Raises:
+        FileNotFoundError: either file is missing.
+        ValueError: the config is not a ModelSpec.
+    """
+    spec = ModelSpec.from_json((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    state_dict = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return state_dict, spec

@@ -1,0 +1,120 @@
+"""The `image-classifier` command: prepare-data, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import requests
+
+from image_classifier.serving import content_types
+
+_SUFFIX_TYPES = {".jpg": content_types.JPEG, ".jpeg": content_types.JPEG, ".png": content_types.PNG,
+                 ".npy": content_types.NPY, ".json": content_types.JSON}
+
+
+def content_type_for(path: Path) -> str:
+    """The Content-Type to send a file as: by suffix, `application/x-image` for other images."""
+    return _SUFFIX_TYPES.get(path.suffix.lower(), content_types.X_IMAGE)
+
+
+def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> list[dict]:
+    """POST `image` to `<url>/invocations` and return the top-k predictions.
+
+    Raises:
+        RuntimeError: the server answered with an error (its message included).
+        requests.ConnectionError: no server at `url`.
+    """
+    response = requests.post(
+        f"{url.rstrip('/')}/invocations", data=image.read_bytes(), timeout=timeout,
+        headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
+                 "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
+    if response.status_code != 200:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise RuntimeError(f"{response.status_code} from {url}: {message}")
+    return response.json()["predictions"]
+
+
+def format_predictions(predictions: list[dict]) -> str:
+    """A text table: rank, label, class_id, probability."""
+    rows = [f"{'rank':>4}  {'label':<32} {'class_id':>8}  {'probability':>11}"]
+    rows += [f"{rank:>4}  {p['label']:<32} {p['class_id']:>8}  {p['probability']:>11.4f}"
+             for rank, p in enumerate(predictions, 1)]
+    return "\n".join(rows)
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from image_classifier import datasets
+
+    if args.source == "sample":
+        counts = datasets.write_sample(args.output, seed=args.seed)
+        print(f"wrote the handwritten-digit sample to {args.output}: {json.dumps(counts)}")
+    else:
+        datasets.prepare_dogimages(args.output, url=args.url, sha256=args.sha256)
+        print(f"dog-breed images unpacked to {args.output}/{{train,valid,test}}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        predictions = predict(args.url, args.image, args.top_k)
+    except (RuntimeError, requests.RequestException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_predictions(predictions))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from image_classifier.demo import run_demo
+
+    return run_demo(data_dir=args.data, base_dir=args.base_dir, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="write a dataset as train/valid/test ImageFolder trees")
+    p.add_argument("--source", choices=("sample", "dogimages"), default="sample",
+                   help="sample: scikit-learn's bundled handwritten digits (offline); "
+                        "dogimages: download the Udacity dog-breed set")
+    p.add_argument("--output", type=Path, default=Path("data"), help="dataset root (default: ./data)")
+    p.add_argument("--url", default=None, help="dogimages: download URL (default: Udacity's)")
+    p.add_argument("--sha256", default=None, help="dogimages: expected SHA-256 of the zip")
+    p.add_argument("--seed", type=int, default=0, help="sample: seed of the train/valid/test split")
+    p.set_defaults(func=_prepare_data)
+
+    p = sub.add_parser("predict", help="send an image to a model server and print the top-k")
+    p.add_argument("image", type=Path)
+    p.add_argument("--url", default="http://localhost:8080", help="server root (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="sample data → training job → server → predictions, all local")
+    p.add_argument("--data", type=Path, default=Path("data"), help="dataset root (default: ./data)")
+    p.add_argument("--base-dir", type=Path, default=Path("local/opt_ml"),
+                   help="the /opt_ml layout to run in (default: ./local/opt_ml)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "url", "") is None:
+        from image_classifier.datasets import DOGIMAGES_URL
+
+        args.url = DOGIMAGES_URL
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

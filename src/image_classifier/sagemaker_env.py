@@ -1,0 +1,187 @@
+"""The SageMaker container layout (`/opt/ml`) and environment, read once into a frozen snapshot.
+
+Paths follow the training contract in the SageMaker developer guide ("How Amazon SageMaker
+provides training information", "Use checkpoints in Amazon SageMaker") and the hosting
+contract ("Use your own inference code with hosting services"). `SAGEMAKER_BASE_DIR`
+relocates the root, as the sagemaker-training toolkit does, so tests and local runs can lay
+out a whole `/opt/ml` tree in any folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+# Environment variable names.
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+BIND_TO_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+MODEL_SERVER_WORKERS_ENV = "MODEL_SERVER_WORKERS"
+MODEL_SERVER_TIMEOUT_ENV = "MODEL_SERVER_TIMEOUT"
+# Set by SageMaker in Batch Transform; honoured for real-time endpoints too.
+MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+MAX_CONCURRENT_TRANSFORMS_ENV = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
+BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"
+MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
+
+DEFAULT_BASE_DIR = "/opt/ml"
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_SECONDS = 60
+# SageMaker real-time endpoints accept at most 6 MB per InvokeEndpoint request.
+DEFAULT_MAX_PAYLOAD_MB = 6
+
+# File names inside input/config, as SageMaker writes them.
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
+RESOURCE_CONFIG_FILE = "resourceconfig.json"
+CHECKPOINT_CONFIG_FILE = "checkpointconfig.json"
+FAILURE_FILE = "failure"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from `path`; a missing file is an empty dict.
+
+    Raises:
+        ValueError: the file exists but is not a JSON object.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class SageMakerEnv:
+    """A read-only snapshot of the container layout, built once from `os.environ`.
+
+    Attributes:
+        base_dir: the `/opt/ml` root (or `SAGEMAKER_BASE_DIR`).
+    """
+
+    base_dir: Path
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "SageMakerEnv":
+        """Build the snapshot from `environ` (default: `os.environ`)."""
+        environ = dict(os.environ if environ is None else environ)
+        return cls(base_dir=Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)), environ=environ)
+
+    # --- input -------------------------------------------------------------------------
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.input_dir / "config"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.input_dir / "data"
+
+    def channel_dir(self, channel: str) -> Path:
+        """The local folder of an input channel: `input/data/<channel>`."""
+        return self.data_dir / channel
+
+    @property
+    def hyperparameters_path(self) -> Path:
+        return self.config_dir / HYPERPARAMETERS_FILE
+
+    @property
+    def input_data_config_path(self) -> Path:
+        return self.config_dir / INPUT_DATA_CONFIG_FILE
+
+    @property
+    def resource_config_path(self) -> Path:
+        return self.config_dir / RESOURCE_CONFIG_FILE
+
+    @property
+    def checkpoint_config_path(self) -> Path:
+        return self.config_dir / CHECKPOINT_CONFIG_FILE
+
+    def hyperparameters(self) -> dict[str, str]:
+        """`hyperparameters.json` as SageMaker writes it: every value a string."""
+        return {str(k): v if isinstance(v, str) else json.dumps(v)
+                for k, v in _read_json(self.hyperparameters_path).items()}
+
+    def input_data_config(self) -> dict[str, Any]:
+        """`inputdataconfig.json`: channel name → its TrainingInputMode, ContentType, ..."""
+        return _read_json(self.input_data_config_path)
+
+    def resource_config(self) -> dict[str, Any]:
+        """`resourceconfig.json`: current_host, hosts, network_interface_name."""
+        return _read_json(self.resource_config_path)
+
+    def channels(self) -> list[str]:
+        """Channel names: those in `inputdataconfig.json`, else the folders under input/data."""
+        names = list(self.input_data_config())
+        if not names and self.data_dir.is_dir():
+            names = sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
+        return names
+
+    # --- output ------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        """Model artifacts: SageMaker packs this folder into `model.tar.gz`."""
+        return self.base_dir / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        """Other outputs (metrics, reports): SageMaker uploads them as `output.tar.gz`."""
+        return self.output_dir / "data"
+
+    @property
+    def failure_path(self) -> Path:
+        """Its text becomes the training job's FailureReason."""
+        return self.output_dir / FAILURE_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """`LocalPath` of `checkpointconfig.json`, else `<base>/checkpoints`.
+
+        A `LocalPath` that is the default `/opt/ml/checkpoints` is mapped under the
+        relocated base dir, so a layout copied into another folder stays self-contained.
+        """
+        local = _read_json(self.checkpoint_config_path).get("LocalPath")
+        default = self.base_dir / "checkpoints"
+        if not local or Path(local) == Path(DEFAULT_BASE_DIR) / "checkpoints":
+            return default
+        return Path(local)
+
+    # --- serving -----------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return int(self.environ.get(BIND_TO_PORT_ENV, DEFAULT_PORT))
+
+    @property
+    def model_server_workers(self) -> int:
+        """Gunicorn workers (default: one per CPU core, as AWS's BYOC sample does)."""
+        return int(self.environ.get(MODEL_SERVER_WORKERS_ENV, os.cpu_count() or 1))
+
+    @property
+    def model_server_timeout(self) -> int:
+        """Seconds a worker may spend on one request before gunicorn restarts it."""
+        return int(self.environ.get(MODEL_SERVER_TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS))
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest request body accepted, in bytes (MB = 10**6 bytes, SageMaker's unit)."""
+        return int(float(self.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1_000_000)
+
+    @property
+    def max_image_pixels(self) -> int | None:
+        """Pillow's decompression-bomb limit in pixels; unset keeps Pillow's own default."""
+        value = self.environ.get(MAX_IMAGE_PIXELS_ENV)
+        return int(value) if value else None

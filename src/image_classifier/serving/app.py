@@ -1,0 +1,130 @@
+"""The Flask app factory: `/ping`, `/invocations`, `/execution-parameters`, and one error boundary.
+
+gunicorn runs `image_classifier.serving.app:create_app()`; tests pass a config mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.serving import codec, content_types
+from image_classifier.serving.errors import BadRequestError, InferenceError, UnsupportedAcceptError
+from image_classifier.serving.predictor import PredictorHolder
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+DEFAULT_TOP_K = 5
+
+bp = Blueprint("inference", __name__)
+
+
+def _holder() -> PredictorHolder:
+    return current_app.extensions["predictor"]
+
+
+def negotiate_accept(header: str | None) -> str:
+    """The response type for an Accept header; missing or `*/*` means JSON.
+
+    Raises:
+        UnsupportedAcceptError: nothing in the header can be produced (406).
+    """
+    if not header or not header.strip():
+        return content_types.JSON
+    offered = request.accept_mimetypes
+    best = offered.best_match([content_types.JSON, content_types.NPY])
+    if best is None:
+        raise UnsupportedAcceptError(
+            f"unsupported Accept {header!r}; supported: {', '.join(codec.ACCEPT_TYPES)}")
+    return best
+
+
+def parse_top_k(header: str | None, num_classes: int) -> int:
+    """`top_k` from `X-Amzn-SageMaker-Custom-Attributes` (`top_k=3`), clamped to the classes.
+
+    Raises:
+        BadRequestError: top_k is not a positive integer (400).
+    """
+    for pair in (header or "").replace(";", ",").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip().lower() == "top_k":
+            try:
+                k = int(value.strip())
+            except ValueError:
+                k = 0
+            if k < 1:
+                raise BadRequestError(f"top_k must be a positive integer, got {value.strip()!r}")
+            return min(k, num_classes)
+    return min(DEFAULT_TOP_K, num_classes)
+
+
+@bp.get("/ping")
+def ping():
+    """200 once the model is loaded; 503 while it loads or if it failed to load."""
+    holder = _holder()
+    if holder.ready:
+        return jsonify(status="ok")
+    return jsonify(status="failed" if holder.error else "loading", error=holder.error), HTTPStatus.SERVICE_UNAVAILABLE
+
+
+@bp.post("/invocations")
+def invocations():
+    """Decode the body by Content-Type, predict, encode by Accept (see README, HTTP API)."""
+    accept = negotiate_accept(request.headers.get("Accept"))
+    predictor = _holder().predictor
+    top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
+    inputs = codec.decode(request.get_data(cache=False), request.headers.get("Content-Type"),
+                          current_app.config["MAX_IMAGE_PIXELS"])
+    probabilities = predictor.predict(inputs)
+    body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)
+    return Response(body, mimetype=accept)
+
+
+@bp.get("/execution-parameters")
+def execution_parameters():
+    """What SageMaker Batch Transform should send: one image per request, at most the payload limit."""
+    return jsonify(MaxConcurrentTransforms=current_app.config["WORKERS"], BatchStrategy="SINGLE_RECORD",
+                   MaxPayloadInMB=max(1, current_app.config["MAX_CONTENT_LENGTH"] // 1_000_000))
+
+
+def _inference_error(exc: InferenceError):
+    if exc.status_code >= 500:
+        logger.error("%s", exc.message)
+    return jsonify(error=exc.message), exc.status_code
+
+
+def _http_error(exc: HTTPException):
+    return jsonify(error=exc.description), exc.code
+
+
+def _unexpected_error(exc: Exception):
+    logger.exception("unexpected error on %s %s", request.method, request.path)
+    return jsonify(error="internal server error"), HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Create and configure the model server app; the model starts loading at once.
+
+    Config keys: MODEL_DIR (the model artifacts), MAX_CONTENT_LENGTH (bytes), MAX_IMAGE_PIXELS
+    (pixels, None = Pillow's), WORKERS (for /execution-parameters), LOAD_IN_BACKGROUND.
+    Defaults come from the SageMaker environment.
+    """
+    env = SageMakerEnv.from_environ()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=env.max_payload_bytes,
+        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers, LOAD_IN_BACKGROUND=True)
+    app.config.update(config or {})
+    app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"])
+    app.register_blueprint(bp)
+    app.register_error_handler(InferenceError, _inference_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app

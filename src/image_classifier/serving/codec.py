@@ -1,0 +1,166 @@
+"""Decode request bodies into model inputs and encode predictions, by content type."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from image_classifier.serving import content_types
+from image_classifier.serving.errors import (BadRequestError, InvalidImageError, UnsupportedAcceptError,
+                                             UnsupportedContentTypeError)
+from image_classifier.transforms import open_image
+
+# The smallest input side every registry model accepts: their backbones downsample 32 times.
+MIN_ARRAY_SIDE = 32
+
+
+@dataclass
+class Inputs:
+    """A decoded request: RGB images to preprocess, or an already normalised float32 batch."""
+
+    images: list[Image.Image] | None = None   # from image bodies and JSON "b64" instances
+    array: np.ndarray | None = None           # (N, 3, H, W) float32, from application/x-npy
+    batched: bool = False                     # the client sent a batch: answer one list per input
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.array)
+
+
+def _decode_image(body: bytes, max_pixels: int | None) -> Image.Image:
+    try:
+        return open_image(body, max_pixels)
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"image refused: {exc}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        # UnidentifiedImageError and truncated data are OSErrors
+        raise InvalidImageError(f"body is not a readable image: {exc}") from None
+
+
+def _image_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
+    return Inputs(images=[_decode_image(body, max_pixels)])
+
+
+def _npy_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise BadRequestError("pickled (object) arrays are not accepted: send a float32 array") from None
+        raise BadRequestError(f"body is not a .npy array: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise BadRequestError(f"body is not a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        raise BadRequestError("body is not a single .npy array")
+    if array.dtype != np.float32:
+        raise BadRequestError(f"array dtype must be float32, got {array.dtype}")
+    if array.ndim not in (3, 4) or array.shape[-3] != 3:
+        raise BadRequestError(f"array shape must be (3, H, W) or (N, 3, H, W), got {array.shape}")
+    if min(array.shape[-2:]) < MIN_ARRAY_SIDE or array.size == 0:
+        raise BadRequestError(f"array height and width must be at least {MIN_ARRAY_SIDE}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise BadRequestError("array holds NaN or infinite values")
+    batched = array.ndim == 4
+    return Inputs(array=array if batched else array[None], batched=batched)
+
+
+def _json_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"body is not JSON: {exc}") from None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise BadRequestError('JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}')
+    images = []
+    for i, instance in enumerate(instances):
+        encoded = instance.get("b64") if isinstance(instance, dict) else None
+        if not isinstance(encoded, str):
+            raise BadRequestError(f'instances[{i}] must be {{"b64": "<base64 image>"}}')
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequestError(f"instances[{i}].b64 is not valid base64") from None
+        try:
+            images.append(_decode_image(raw, max_pixels))
+        except InvalidImageError as exc:
+            raise InvalidImageError(f"instances[{i}]: {exc.message}") from None
+    return Inputs(images=images, batched=True)
+
+
+_DECODERS: dict[str, Callable[[bytes, int | None], Inputs]] = {
+    content_types.JPEG: _image_to_inputs,
+    content_types.PNG: _image_to_inputs,
+    content_types.X_IMAGE: _image_to_inputs,
+    content_types.NPY: _npy_to_inputs,
+    content_types.JSON: _json_to_inputs,
+}
+
+
+def decode(body: bytes, content_type: str | None, max_pixels: int | None = None) -> Inputs:
+    """Decode a request body.
+
+    Args:
+        body: the raw request body.
+        content_type: the request's Content-Type header (parameters are ignored).
+        max_pixels: decompression-bomb limit per image, pixels; None = Pillow's.
+
+    Raises:
+        UnsupportedContentTypeError: no decoder for the content type (415).
+        BadRequestError: empty body, or one that does not decode (400).
+    """
+    try:
+        decoder = _DECODERS[content_types.base_type(content_type)]
+    except KeyError:
+        raise UnsupportedContentTypeError(
+            f"unsupported Content-Type {content_type!r}; supported: {', '.join(_DECODERS)}") from None
+    if not body:
+        raise BadRequestError("empty request body")
+    return decoder(body, max_pixels)
+
+
+def _top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": labels[i], "class_id": int(i), "probability": float(probabilities[i])} for i in order]
+
+
+def _to_json(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int) -> bytes:
+    lists = [_top_k(row, labels, top_k) for row in probabilities]
+    return json.dumps({"predictions": lists if batched else lists[0]}).encode()
+
+
+def _to_npy(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, probabilities.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+_ENCODERS: dict[str, Callable[[np.ndarray, bool, Sequence[str], int], bytes]] = {
+    content_types.JSON: _to_json,
+    content_types.NPY: _to_npy,
+}
+ACCEPT_TYPES: tuple[str, ...] = tuple(_ENCODERS)
+
+
+def encode(probabilities: np.ndarray, batched: bool, accept: str, labels: Sequence[str],
+           top_k: int) -> bytes:
+    """Encode class probabilities (N, num_classes) float32 as `accept`.
+
+    JSON: `{"predictions": [{"label", "class_id", "probability"}, ...]}`, the `top_k` most
+    probable classes, most probable first (a batch: one such list per input). NPY: the whole
+    (N, num_classes) float32 array.
+
+    Raises:
+        UnsupportedAcceptError: no encoder for `accept` (406).
+    """
+    try:
+        encoder = _ENCODERS[accept]
+    except KeyError:
+        raise UnsupportedAcceptError(f"unsupported Accept {accept!r}; supported: {', '.join(_ENCODERS)}") from None
+    return encoder(probabilities, batched, labels, top_k)

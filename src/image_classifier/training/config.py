@@ -1,0 +1,149 @@
+"""Training hyperparameters: one typed dataclass, parsed from SageMaker's `hyperparameters.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from image_classifier.models import MODEL_NAMES
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+FREEZE_MODES = ("backbone", "none")
+LR_SCHEDULERS = ("cosine", "none")
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a training job, with its default.
+
+    Keys are written with dashes in SageMaker (`batch-size`); underscores work too.
+    """
+
+    model: str = "resnet50"           # a name from image_classifier.models.MODEL_NAMES
+    pretrained: bool = True           # start from torchvision's ImageNet weights
+    freeze: str = "backbone"          # "backbone": train the new head only; "none": fine-tune all
+    dropout: float = 0.0              # dropout before the new Linear head, 0 = none
+    lr: float = 0.001                 # peak learning rate
+    lr_scheduler: str = "cosine"      # cosine annealing over all epochs, or "none"
+    batch_size: int = 32
+    epochs: int = 5
+    optimizer: str = "adam"           # adam, adamw or sgd
+    weight_decay: float = 0.0
+    momentum: float = 0.9             # sgd only
+    label_smoothing: float = 0.0      # CrossEntropyLoss(label_smoothing=...)
+    image_size: int = 224             # side of the square network input, pixels
+    crop_scale_min: float = 0.08      # RandomResizedCrop's smallest area fraction (torchvision default)
+    hflip_prob: float = 0.5           # RandomHorizontalFlip probability, 0 = off
+    num_workers: int = -1             # DataLoader worker processes; -1 = min(4, CPU cores)
+    seed: int = 42
+    early_stopping_patience: int = 0  # stop after this many epochs without a better valid_accuracy; 0 = off
+    amp: bool = True                  # mixed precision on a GPU (ignored on the CPU)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The hyperparameter names as SageMaker users write them (dashes)."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any]) -> "TrainConfig":
+        """Parse hyperparameters as SageMaker passes them: string values, possibly JSON-encoded.
+
+        The SageMaker Python SDK v2 JSON-encodes each value (`"\\"resnet50\\""`); SDK v3, the
+        console and the API pass them plain (`"resnet50"`). Both are accepted. SageMaker's own
+        keys (`_tuning_objective_metric`, `sagemaker_*`) are ignored.
+
+        Raises:
+            ValueError: an unknown key (the message lists the valid ones) or a value that does
+                not parse or is out of range.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        unknown = []
+        for key, raw in hyperparameters.items():
+            if key.startswith(("sagemaker_", "_tuning_objective_metric")):
+                continue
+            name = key.replace("-", "_")
+            if name not in fields:
+                unknown.append(key)
+                continue
+            values[name] = _convert(key, _unwrap(raw), fields[name].type)
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; "
+                f"valid ones: {', '.join(cls.field_names())}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check ranges and choices.
+
+        Raises:
+            ValueError: naming the hyperparameter, its value and what is allowed.
+        """
+        def check(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                value = getattr(self, name.replace("-", "_"))
+                raise ValueError(f"hyperparameter {name}={value!r} is invalid: must be {allowed}")
+
+        check(self.model in MODEL_NAMES, "model", f"one of {', '.join(MODEL_NAMES)}")
+        check(self.freeze in FREEZE_MODES, "freeze", f"one of {', '.join(FREEZE_MODES)}")
+        check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        check(self.lr_scheduler in LR_SCHEDULERS, "lr-scheduler", f"one of {', '.join(LR_SCHEDULERS)}")
+        check(self.lr > 0, "lr", "> 0")
+        check(self.batch_size >= 1, "batch-size", ">= 1")
+        check(self.epochs >= 1, "epochs", ">= 1")
+        check(self.weight_decay >= 0, "weight-decay", ">= 0")
+        check(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        check(0 <= self.label_smoothing < 1, "label-smoothing", "in [0, 1)")
+        check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+        check(32 <= self.image_size <= 1024, "image-size", "between 32 and 1024 pixels")
+        check(0 < self.crop_scale_min <= 1, "crop-scale-min", "in (0, 1]")
+        check(0 <= self.hflip_prob <= 1, "hflip-prob", "in [0, 1]")
+        check(self.num_workers >= -1, "num-workers", ">= 0, or -1 for automatic")
+        check(self.early_stopping_patience >= 0, "early-stopping-patience", ">= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-serialisable values, keyed like hyperparameters.json."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _unwrap(raw: Any) -> Any:
+    """Undo SDK v2's JSON encoding of a value: `"\\"adam\\""` → `"adam"`, `"0.1"` → `"0.1"`."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        decoded = json.loads(raw)
+    except (json.JSONDecodeError, ValueError):
+        return raw
+    return decoded if isinstance(decoded, str) else raw
+
+
+def _convert(key: str, value: Any, type_name: Any) -> Any:
+    """Convert one hyperparameter value to its field's type (given as an annotation string)."""
+    type_name = getattr(type_name, "__name__", type_name)
+    text = str(value).strip()
+    try:
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if type_name == "int":
+            as_float = float(text)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float)
+        if type_name == "float":
+            return float(text)
+        return text.lower()
+    except ValueError:
+        raise ValueError(f"hyperparameter {key}={value!r} is not a valid {type_name}") from None

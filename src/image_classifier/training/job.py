@@ -1,0 +1,241 @@
+"""One SageMaker training job: channels in, best-on-validation model artifacts and metrics out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from image_classifier import artifacts, models
+from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.training import TrainingInterrupted, data
+from image_classifier.training.config import TrainConfig
+from image_classifier.training.loop import Meter, evaluate, train_one_epoch
+from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+PRETRAINED_CHANNEL = "pretrained"
+
+
+@dataclass
+class JobState:
+    """What a checkpoint holds besides model, optimizer and scheduler states."""
+
+    epoch: int = 0                     # epochs completed
+    step: int = 0                      # steps done in the epoch in progress (0 = at a boundary)
+    meter: dict = field(default_factory=dict)   # Meter of the epoch in progress
+    best_accuracy: float = -1.0
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+    best_state: dict | None = None     # model state_dict of the best epoch, on the CPU
+    epochs_without_improvement: int = 0
+    history: list = field(default_factory=list)  # one metrics dict per completed epoch
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """`name=value` pairs, the form the cloud metric definitions' regexes read."""
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device_and_amp(config: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), None
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
+    return torch.device("cuda"), amp
+
+
+def _num_workers(config: TrainConfig) -> int:
+    return min(4, os.cpu_count() or 1) if config.num_workers < 0 else config.num_workers
+
+
+def build_model(config: TrainConfig, num_classes: int, env: SageMakerEnv) -> nn.Module:
+    """The registry model with its new head; ImageNet weights when `pretrained`; frozen backbone."""
+    state_dict = None
+    if config.pretrained:
+        state_dict = models.load_pretrained_state_dict(config.model, env.channel_dir(PRETRAINED_CHANNEL))
+    elif config.freeze == "backbone":
+        logger.warning("freeze=backbone with pretrained=false trains a head on random features")
+    model = models.create_model(config.model, num_classes, config.dropout, state_dict)
+    if config.freeze == "backbone":
+        model.requires_grad_(False)
+        models.head_module(model, config.model).requires_grad_(True)
+    return model
+
+
+def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
+    """Train mode; with a frozen backbone only the head trains (BatchNorm statistics stay fixed)."""
+    if config.freeze == "backbone":
+        model.eval()
+        models.head_module(model, config.model).train()
+    else:
+        model.train()
+
+
+def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Checkpointer:
+    """Saves and restores the whole job state in the checkpoint dir (managed spot training)."""
+
+    def __init__(self, directory: Path, identity: dict[str, Any]):
+        self.path = directory / CHECKPOINT_FILE
+        self.identity = identity  # config and classes: a checkpoint of another job is not resumed
+
+    def save(self, state: JobState, model, optimizer, scheduler, scaler) -> None:
+        artifacts.atomic_torch_save({
+            "identity": self.identity, "job": vars(state), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }, self.path)
+
+    def restore(self, model, optimizer, scheduler, scaler) -> JobState:
+        """The saved state, loaded into the given objects; a fresh JobState if none fits."""
+        if not self.path.is_file():
+            return JobState()
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        if saved.get("identity") != self.identity:
+            logger.warning("checkpoint %s is from a job with other hyperparameters or classes: "
+                           "starting afresh", self.path)
+            return JobState()
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        state = JobState(**saved["job"])
+        logger.info("resuming from checkpoint %s: epoch %d, step %d", self.path, state.epoch + 1, state.step)
+        return state
+
+
+def _write_metrics(env: SageMakerEnv, state: JobState, test: dict[str, float] | None) -> None:
+    summary = {"epochs": state.history, "best_epoch": state.best_epoch,
+               "best_valid_accuracy": state.best_accuracy, "best_valid_loss": state.best_loss}
+    if test is not None:
+        summary.update(test)
+    artifacts.atomic_write_bytes(env.output_data_dir / METRICS_FILE, json.dumps(summary, indent=2).encode())
+
+
+def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Run the training job described by `env` and `config`.
+
+    Returns:
+        the final metrics: `test_loss`/`test_accuracy` when there is a test channel, and the
+        best epoch's validation figures.
+
+    Raises:
+        FileNotFoundError: the train or valid channel is missing.
+        ValueError: channels with different classes, or an empty channel.
+        models.PretrainedWeightsUnavailable: pretrained=true and no weights to be had.
+        TrainingInterrupted: `should_stop()` turned true; a checkpoint was saved first.
+    """
+    _seed_everything(config.seed)
+    device, amp_dtype = _device_and_amp(config)
+    logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
+
+    # data: one ImageFolder dataset per channel, the same classes in each
+    channels = data.resolve_channels(env.channel_dir)
+    if data.VALID not in channels:
+        raise FileNotFoundError(f"no valid (or validation) channel at {env.channel_dir(data.VALID)}: "
+                                f"the best weights are chosen on it")
+    class_names = data.class_names_of(channels)
+    datasets = {
+        name: data.ImageFolderChannel(
+            path, class_names, seed=config.seed, channel=name,
+            transform=train_transform(config.image_size, config.crop_scale_min, config.hflip_prob)
+            if name == data.TRAIN else eval_transform(config.image_size))
+        for name, path in channels.items()}
+    for name, dataset in datasets.items():
+        if len(dataset) == 0:
+            raise ValueError(f"the {name} channel ({channels[name]}) has no readable images")
+    workers = _num_workers(config)
+    loaders = {name: data.make_loader(ds, config.batch_size, workers, name == data.TRAIN, config.seed,
+                                      pin_memory=device.type == "cuda")
+               for name, ds in datasets.items()}
+
+    # model, loss, optimizer, schedule
+    model = build_model(config, len(class_names), env).to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    eval_criterion = nn.CrossEntropyLoss()
+    optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.lr_scheduler == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
+    state = checkpointer.restore(model, optimizer, scheduler, scaler)
+
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        sampler = loaders[data.TRAIN].sampler
+        sampler.set_epoch(epoch, state.step * config.batch_size)
+        _set_train_mode(model, config)
+        meter = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
+                                Meter(**state.meter), should_stop)
+        if should_stop():
+            state.step, state.meter = meter.steps, meter.state_dict()
+            checkpointer.save(state, model, optimizer, scheduler, scaler)
+            raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {meter.steps}; "
+                                      f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
+        train = meter.metrics()
+        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype)
+        scheduler.step()
+
+        # remember the best weights on validation (accuracy, then loss on ties)
+        improved = (valid["accuracy"], -valid["loss"]) > (state.best_accuracy, -state.best_loss)
+        if improved:
+            state.best_accuracy, state.best_loss, state.best_epoch = valid["accuracy"], valid["loss"], epoch
+            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        line = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
+                "epoch_seconds": meter.seconds, "images_per_second": train["images_per_second"]}
+        state.history.append(line)
+        state.epoch, state.step, state.meter = epoch, 0, {}
+        checkpointer.save(state, model, optimizer, scheduler, scaler)
+        logger.info(format_metrics(line))
+        _write_metrics(env, state, None)
+        if config.early_stopping_patience and state.epochs_without_improvement >= config.early_stopping_patience:
+            logger.info("early stopping: no better valid_accuracy for %d epochs", state.epochs_without_improvement)
+            break
+
+    # the best weights are the model: test them, then write the artifacts
+    model.load_state_dict(state.best_state)
+    result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy}
+    test = None
+    if data.TEST in loaders:
+        metrics = evaluate(model, loaders[data.TEST], eval_criterion, device, amp_dtype)
+        test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        logger.info(format_metrics(test))
+        result.update(test)
+    spec = artifacts.ModelSpec(
+        arch=config.model, num_classes=len(class_names), class_names=class_names,
+        labels=[data.label_of(c) for c in class_names], image_size=config.image_size,
+        resize_size=resize_size(config.image_size), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+        dropout=config.dropout)
+    artifacts.save_model(env.model_dir, state.best_state, spec)
+    _write_metrics(env, state, test)
+    logger.info("model artifacts written to %s (best epoch %d)", env.model_dir, state.best_epoch)
+    return result

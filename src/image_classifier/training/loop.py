@@ -1,0 +1,98 @@
+"""One epoch of training and one pass of evaluation, each returning a metrics dict."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Meter:
+    """Running sums of an epoch; kept in checkpoints so an epoch can resume part-way."""
+
+    loss_sum: float = 0.0   # sum over images of the per-image loss
+    correct: int = 0        # images whose top-1 prediction is right
+    count: int = 0          # images seen
+    steps: int = 0          # batches seen
+    seconds: float = 0.0    # wall time spent
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.shape[0]
+        self.loss_sum += loss.item() * n  # note: .item() is a CPU-GPU sync point
+        self.correct += (logits.argmax(dim=1) == targets).sum().item()
+        self.count += n
+        self.steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        """`loss` (mean cross-entropy), `accuracy` (top-1, 0–1), `images_per_second`."""
+        count = max(self.count, 1)
+        return {"loss": self.loss_sum / count, "accuracy": self.correct / count,
+                "images_per_second": self.count / self.seconds if self.seconds else 0.0}
+
+    def state_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on a GPU (`dtype` float16 or bfloat16); nothing when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
+                    meter: Meter, should_stop: Callable[[], bool] = lambda: False,
+                    on_step: Callable[[Meter], None] = lambda m: None) -> Meter:
+    """Train over `loader`'s batches of (images (N, 3, H, W) float32, targets (N,) int64).
+
+    The model must already be in the right train/eval mode. Stops early, after a whole
+    step, when `should_stop()` turns true (SIGTERM); `meter.steps` then says where.
+    """
+    start = time.perf_counter()
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+
+        # compute output
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = criterion(logits, targets)
+
+        # compute gradient and do an optimizer step (the scaler is a no-op unless float16)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        # measure accuracy and record loss
+        meter.update(loss.detach(), logits.detach(), targets)
+        on_step(meter)
+        if should_stop():
+            break
+    meter.seconds += time.perf_counter() - start
+    return meter
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
+             amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`."""
+    model.eval()
+    meter = Meter()
+    start = time.perf_counter()
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = criterion(logits.float(), targets)
+        meter.update(loss, logits, targets)
+    meter.seconds = time.perf_counter() - start
+    return meter.metrics()
