@@ -64,10 +64,11 @@ def _prepare_data(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     try:
         predictions = predict(args.url, args.image, args.top_k)
-    except (RuntimeError, requests.RequestException) as exc:
+    except (RuntimeError, OSError, requests.RequestException) as exc:  # OSError: an unreadable image file
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_predictions(predictions))
+    batches = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+    print("\n\n".join(format_predictions(batch) for batch in batches))  # a batch (.npy, .json): a table each
     return 0
 
 

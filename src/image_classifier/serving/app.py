@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving import codec, content_types
@@ -74,13 +74,23 @@ def ping():
     return jsonify(status="failed" if holder.error else "loading", error=holder.error), HTTPStatus.SERVICE_UNAVAILABLE
 
 
+def _request_body() -> bytes:
+    """The request body. Raises: RequestEntityTooLarge: over MAX_CONTENT_LENGTH (413)."""
+    body = request.get_data(cache=False)  # 413 if the Content-Length is over the limit
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if (request.content_length is None and limit is not None and len(body) >= limit
+            and request.environ.get("wsgi.input_terminated") and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()  # a chunked body: werkzeug stops at the limit without an error
+    return body
+
+
 @bp.post("/invocations")
 def invocations():
     """Decode the body by Content-Type, predict, encode by Accept (see README, HTTP API)."""
     accept = negotiate_accept(request.headers.get("Accept"))
     predictor = _holder().predictor
     top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
-    inputs = codec.decode(request.get_data(cache=False), request.headers.get("Content-Type"),
+    inputs = codec.decode(_request_body(), request.headers.get("Content-Type"),
                           current_app.config["MAX_IMAGE_PIXELS"])
     probabilities = predictor.predict(inputs)
     body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)

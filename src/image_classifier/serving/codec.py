@@ -73,7 +73,7 @@ def _npy_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
 def _json_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadRequestError(f"body is not JSON: {exc}") from None
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:

@@ -91,7 +91,8 @@ class ImageFolderChannel(Dataset):
         self.skipped = scan.skipped
         if self.skipped:
             logger.warning("channel %s: skipped %d unreadable file(s): %s", channel or root,
-                           len(self.skipped), "; ".join(f"{p} ({why})" for p, why in self.skipped))
+                           len(self.skipped),
+                           "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in self.skipped))
         logger.info("channel %s: %d images in %d classes", channel or root, len(self.samples),
                     len(class_names))
 

@@ -1,0 +1,219 @@
+"""Whole training jobs on /opt/ml trees written the way SageMaker writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from image_classifier import artifacts, models
+from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier.serving.codec import Inputs
+from image_classifier.serving.predictor import Predictor
+from image_classifier.training import data
+from image_classifier.training.config import TrainConfig
+from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE, run
+from image_classifier.transforms import open_image
+from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
+
+EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+)")
+TEST_LINE = re.compile(r"test_loss=(\S+) test_accuracy=(\S+)")
+
+
+def start_job(env: SageMakerEnv) -> subprocess.Popen:
+    """`python -m image_classifier.train` on `env`'s layout, as the container's `train` runs it."""
+    return subprocess.Popen([sys.executable, "-m", "image_classifier.train"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, BASE_DIR_ENV: str(env.base_dir)})
+
+
+def run_job(env: SageMakerEnv, timeout: float = 300) -> tuple[int, str]:
+    process = start_job(env)
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def signal_after_epoch(env: SageMakerEnv, signum: int, epoch: int = 1) -> tuple[int, str]:
+    """Start the job, send `signum` once it logged `epoch=<epoch>`, return (exit code, log)."""
+    process = start_job(env)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if f"epoch={epoch} " in line:
+            process.send_signal(signum)
+            break
+    lines += process.stdout.readlines()
+    return process.wait(timeout=120), "".join(lines)
+
+
+def plant_bad_files(channel: Path) -> list[Path]:
+    """Corrupt, truncated, empty and non-image files among real images of `channel`."""
+    folder = sorted(p for p in channel.iterdir() if p.is_dir())[0]
+    good = sorted(folder.glob("*.png"))[0].read_bytes()
+    bad = {"corrupt.jpg": os.urandom(2000), "truncated.png": good[: len(good) // 2],
+           "empty.jpg": b"", "notes.txt": b"not an image\n"}
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    return [folder / name for name in bad]
+
+
+@pytest.mark.slow
+def test_whole_job_as_sagemaker_runs_it(tmp_path, opt_ml, digit_tree):
+    tree = shutil.copytree(digit_tree, tmp_path / "data")
+    planted = plant_bad_files(tree / "train") + plant_bad_files(tree / "valid")
+    env = opt_ml(tree)
+    # SageMaker adds its own keys to hyperparameters.json; a tuning job adds the objective
+    hyperparameters = json.loads(env.hyperparameters_path.read_text())
+    hyperparameters.update({"sagemaker_region": '"us-east-1"', "_tuning_objective_metric": '"valid_accuracy"'})
+    env.hyperparameters_path.write_text(json.dumps(hyperparameters))
+
+    code, log = run_job(env)
+
+    assert code == 0, log
+    assert not env.failure_path.exists()
+    for path in planted:
+        assert f"{path.parent.name}/{path.name} (" in log, f"{path.name} not named in the log"
+    epochs = [tuple(map(float, m.groups())) for m in EPOCH_LINE.finditer(log)]
+    assert [e[0] for e in epochs] == [1, 2]
+    test_loss, test_accuracy = map(float, TEST_LINE.search(log).groups())
+    metrics = json.loads((env.output_data_dir / METRICS_FILE).read_text())
+    assert [h["epoch"] for h in metrics["epochs"]] == [1, 2]
+    for logged, saved in zip(epochs, metrics["epochs"]):
+        assert logged[1:] == pytest.approx((saved["train_loss"], saved["train_accuracy"],
+                                            saved["valid_loss"], saved["valid_accuracy"]), rel=1e-5)
+        assert saved["epoch_seconds"] > 0 and saved["images_per_second"] > 0
+    assert (test_loss, test_accuracy) == pytest.approx((metrics["test_loss"], metrics["test_accuracy"]), rel=1e-5)
+    state_dict, spec = artifacts.load_model(env.model_dir)
+    assert spec.class_names == ["001.zero", "002.one", "003.two"]
+    assert spec.labels == ["zero", "one", "two"]
+    assert spec.arch == "resnet18" and spec.image_size == 32
+    assert (env.checkpoint_dir / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"lr": "abc"}, "lr"),
+    ({"learning_rate": "0.1"}, "learning_rate"),
+    ({"model": '"resnet9000"'}, "resnet9000"),
+    ({"optimizer": "rmsprop"}, "optimizer"),
+])
+def test_bad_hyperparameter_writes_failure_reason(opt_ml, bad, expected):
+    env = opt_ml()
+    hyperparameters = json.loads(env.hyperparameters_path.read_text())
+    env.hyperparameters_path.write_text(json.dumps({**hyperparameters, **bad}))
+
+    code, log = run_job(env, timeout=120)
+
+    assert code != 0
+    reason = env.failure_path.read_text()
+    assert expected in reason and "\n" not in reason and len(reason) <= 1024
+    assert not env.model_dir.exists() or not any(env.model_dir.iterdir())
+
+
+def test_missing_channel_is_a_clear_failure(tmp_path, opt_ml):
+    env = opt_ml()
+    (env.channel_dir("train")).unlink()
+
+    code, _ = run_job(env, timeout=120)
+
+    assert code != 0
+    assert "train channel" in env.failure_path.read_text()
+
+
+RESUME_JOB = dict(epochs=3, num_workers=2)
+
+
+@pytest.fixture(scope="module")
+def resume_tree(tmp_path_factory) -> Path:
+    # 9 training steps an epoch, so a SIGTERM after epoch 1 lands inside epoch 2
+    return write_digit_tree(tmp_path_factory.mktemp("resume"), 3, {"train": 48, "valid": 8, "test": 8})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, resume_tree) -> dict[str, torch.Tensor]:
+    """The weights of a job never interrupted."""
+    from image_classifier.demo import lay_out
+
+    env = lay_out(tmp_path_factory.mktemp("ref") / "opt_ml", resume_tree,
+                  sdk_hyperparameters(**{**TINY_JOB, **RESUME_JOB}))
+    code, log = run_job(env)
+    assert code == 0, log
+    return artifacts.load_model(env.model_dir)[0]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_killed_job_restarted_ends_with_same_weights(opt_ml, resume_tree, uninterrupted):
+    env = opt_ml(resume_tree, **RESUME_JOB)
+
+    code, _ = signal_after_epoch(env, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not (env.model_dir / artifacts.WEIGHTS_FILE).exists()
+    code, log = run_job(env)
+
+    assert code == 0, log
+    assert "resuming from checkpoint" in log
+    assert_same_weights(artifacts.load_model(env.model_dir)[0], uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_mid_epoch_and_resumes(opt_ml, resume_tree, uninterrupted):
+    env = opt_ml(resume_tree, **RESUME_JOB)
+
+    code, log = signal_after_epoch(env, signal.SIGTERM)
+
+    assert code == 143, log
+    assert "SIGTERM" in env.failure_path.read_text()
+    saved = torch.load(env.checkpoint_dir / CHECKPOINT_FILE, weights_only=True)
+    assert saved["job"]["epoch"] == 1 and saved["job"]["step"] > 0
+    code, log = run_job(env)
+    assert code == 0, log
+    assert not env.failure_path.exists()
+    assert_same_weights(artifacts.load_model(env.model_dir)[0], uninterrupted)
+
+
+@pytest.mark.slow
+def test_pretrained_weights_from_the_pretrained_channel(opt_ml):
+    env = opt_ml(pretrained=True, freeze="backbone", epochs=1)
+    torch.manual_seed(7)
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    channel = env.channel_dir("pretrained")
+    channel.mkdir()
+    torch.save(imagenet, channel / models.weights_filename("resnet18"))
+
+    run(env, TrainConfig.from_hyperparameters(env.hyperparameters()))
+
+    trained, _ = artifacts.load_model(env.model_dir)
+    backbone = [k for k in imagenet if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(trained[k], imagenet[k]) for k in backbone)  # frozen, BN included
+    assert trained["fc.1.weight"].shape == (3, 512)
+
+
+@pytest.mark.slow
+def test_serving_agrees_with_training_on_classes_and_accuracy(opt_ml, digit_tree):
+    env = opt_ml(epochs=3)
+    result = run(env, TrainConfig.from_hyperparameters(env.hyperparameters()))
+
+    predictor = Predictor.load(env.model_dir)
+    folders = sorted(p.name for p in (digit_tree / "test").iterdir())
+    assert predictor.spec.class_names == folders
+    assert predictor.spec.labels == [data.label_of(f) for f in folders]
+    images = sorted((digit_tree / "test").glob("*/*.png"))
+    probabilities = predictor.predict(Inputs(images=[open_image(p) for p in images]))
+    served = [predictor.spec.labels[i] for i in probabilities.argmax(axis=1)]
+    truth = [data.label_of(p.parent.name) for p in images]
+    accuracy = sum(s == t for s, t in zip(served, truth)) / len(images)
+    assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-9)
