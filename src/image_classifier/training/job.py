@@ -137,6 +137,47 @@ def _write_metrics(env: SageMakerEnv, state: JobState, test: dict[str, float] | 
     artifacts.atomic_write_bytes(env.output_data_dir / METRICS_FILE, json.dumps(summary, indent=2).encode())
 
 
+def make_loaders(env: SageMakerEnv, config: TrainConfig, pin_memory: bool) -> tuple[list[str], dict]:
+    """The class folder names and one DataLoader per channel (train, valid, and test if present).
+
+    Raises:
+        FileNotFoundError: the train or valid channel is missing.
+        ValueError: channels with different classes, or a channel without readable images.
+    """
+    channels = data.resolve_channels(env.channel_dir)
+    if data.VALID not in channels:
+        raise FileNotFoundError(f"no valid (or validation) channel at {env.channel_dir(data.VALID)}: "
+                                f"the best weights are chosen on it")
+    class_names = data.class_names_of(channels)
+    workers = _num_workers(config)
+    loaders = {}
+    for name, path in channels.items():
+        is_train = name == data.TRAIN
+        transform = (train_transform(config.image_size, config.crop_scale_min, config.hflip_prob)
+                     if is_train else eval_transform(config.image_size))
+        dataset = data.ImageFolderChannel(path, class_names, transform, seed=config.seed, channel=name)
+        if len(dataset) == 0:
+            raise ValueError(f"the {name} channel ({path}) has no readable images")
+        loaders[name] = data.make_loader(dataset, config.batch_size, workers, is_train, config.seed, pin_memory)
+    return class_names, loaders
+
+
+def _end_epoch(state: JobState, epoch: int, model: nn.Module, train: Meter, valid: dict[str, float]) -> dict:
+    """Record the epoch's figures and keep the best weights (valid accuracy, then loss on ties)."""
+    improved = (valid["accuracy"], -valid["loss"]) > (state.best_accuracy, -state.best_loss)
+    if improved:
+        state.best_accuracy, state.best_loss, state.best_epoch = valid["accuracy"], valid["loss"], epoch
+        state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+    figures = train.metrics()
+    line = {"epoch": epoch, "train_loss": figures["loss"], "train_accuracy": figures["accuracy"],
+            "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
+            "epoch_seconds": train.seconds, "images_per_second": figures["images_per_second"]}
+    state.history.append(line)
+    state.epoch, state.step, state.meter = epoch, 0, {}
+    return line
+
+
 def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run the training job described by `env` and `config`.
 
@@ -145,36 +186,16 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         best epoch's validation figures.
 
     Raises:
-        FileNotFoundError: the train or valid channel is missing.
-        ValueError: channels with different classes, or an empty channel.
+        FileNotFoundError, ValueError: see `make_loaders`.
         models.PretrainedWeightsUnavailable: pretrained=true and no weights to be had.
         TrainingInterrupted: `should_stop()` turned true; a checkpoint was saved first.
     """
     _seed_everything(config.seed)
     device, amp_dtype = _device_and_amp(config)
     logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
+    class_names, loaders = make_loaders(env, config, pin_memory=device.type == "cuda")
 
-    # data: one ImageFolder dataset per channel, the same classes in each
-    channels = data.resolve_channels(env.channel_dir)
-    if data.VALID not in channels:
-        raise FileNotFoundError(f"no valid (or validation) channel at {env.channel_dir(data.VALID)}: "
-                                f"the best weights are chosen on it")
-    class_names = data.class_names_of(channels)
-    datasets = {
-        name: data.ImageFolderChannel(
-            path, class_names, seed=config.seed, channel=name,
-            transform=train_transform(config.image_size, config.crop_scale_min, config.hflip_prob)
-            if name == data.TRAIN else eval_transform(config.image_size))
-        for name, path in channels.items()}
-    for name, dataset in datasets.items():
-        if len(dataset) == 0:
-            raise ValueError(f"the {name} channel ({channels[name]}) has no readable images")
-    workers = _num_workers(config)
-    loaders = {name: data.make_loader(ds, config.batch_size, workers, name == data.TRAIN, config.seed,
-                                      pin_memory=device.type == "cuda")
-               for name, ds in datasets.items()}
-
-    # model, loss, optimizer, schedule
+    # model, loss, optimizer, schedule, and where a restarted job left off
     model = build_model(config, len(class_names), env).to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
@@ -182,38 +203,23 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_scheduler == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
-        sampler = loaders[data.TRAIN].sampler
-        sampler.set_epoch(epoch, state.step * config.batch_size)
+        loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * config.batch_size)
         _set_train_mode(model, config)
-        meter = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
+        train = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
                                 Meter(**state.meter), should_stop)
         if should_stop():
-            state.step, state.meter = meter.steps, meter.state_dict()
+            state.step, state.meter = train.steps, train.state_dict()
             checkpointer.save(state, model, optimizer, scheduler, scaler)
-            raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {meter.steps}; "
+            raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
-        train = meter.metrics()
         valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype)
         scheduler.step()
-
-        # remember the best weights on validation (accuracy, then loss on ties)
-        improved = (valid["accuracy"], -valid["loss"]) > (state.best_accuracy, -state.best_loss)
-        if improved:
-            state.best_accuracy, state.best_loss, state.best_epoch = valid["accuracy"], valid["loss"], epoch
-            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
-        line = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
-                "epoch_seconds": meter.seconds, "images_per_second": train["images_per_second"]}
-        state.history.append(line)
-        state.epoch, state.step, state.meter = epoch, 0, {}
+        line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
         logger.info(format_metrics(line))
         _write_metrics(env, state, None)
@@ -230,12 +236,16 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
         logger.info(format_metrics(test))
         result.update(test)
+    _save_artifacts(env, config, class_names, state.best_state)
+    _write_metrics(env, state, test)
+    return result
+
+
+def _save_artifacts(env: SageMakerEnv, config: TrainConfig, class_names: list[str], state_dict: dict) -> None:
     spec = artifacts.ModelSpec(
         arch=config.model, num_classes=len(class_names), class_names=class_names,
         labels=[data.label_of(c) for c in class_names], image_size=config.image_size,
         resize_size=resize_size(config.image_size), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
         dropout=config.dropout)
-    artifacts.save_model(env.model_dir, state.best_state, spec)
-    _write_metrics(env, state, test)
-    logger.info("model artifacts written to %s (best epoch %d)", env.model_dir, state.best_epoch)
-    return result
+    artifacts.save_model(env.model_dir, state_dict, spec)
+    logger.info("model artifacts written to %s", env.model_dir)
