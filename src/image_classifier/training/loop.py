@@ -45,11 +45,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def forward(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module,
+            device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move a batch to `device` and compute (logits (N, classes), loss (), targets (N,)) there."""
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    with autocast(device, amp_dtype):
+        logits = model(images)
+        loss = criterion(logits.float(), targets)
+    return logits, loss, targets
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
-                    meter: Meter, should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[Meter], None] = lambda m: None) -> Meter:
+                    meter: Meter, should_stop: Callable[[], bool] = lambda: False) -> Meter:
     """Train over `loader`'s batches of (images (N, 3, H, W) float32, targets (N,) int64).
 
     The model must already be in the right train/eval mode. Stops early, after a whole
@@ -57,13 +67,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
     """
     start = time.perf_counter()
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-
         # compute output
-        with autocast(device, amp_dtype):
-            logits = model(images)
-            loss = criterion(logits, targets)
+        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype)
 
         # compute gradient and do an optimizer step (the scaler is a no-op unless float16)
         optimizer.zero_grad(set_to_none=True)
@@ -73,7 +78,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
 
         # measure accuracy and record loss
         meter.update(loss.detach(), logits.detach(), targets)
-        on_step(meter)
         if should_stop():
             break
     meter.seconds += time.perf_counter() - start
@@ -88,11 +92,7 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
     meter = Meter()
     start = time.perf_counter()
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = model(images)
-            loss = criterion(logits.float(), targets)
+        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype)
         meter.update(loss, logits, targets)
     meter.seconds = time.perf_counter() - start
     return meter.metrics()
