@@ -6,6 +6,7 @@ import hashlib
 import logging
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,10 @@ def extract_dogimages(archive: Path, output: Path) -> None:
     staging = output / ".extracting"
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(archive) as zf:
-        bad = zf.testzip()
+        try:
+            bad = zf.testzip()
+        except (zlib.error, EOFError) as exc:  # a damaged deflate stream fails before the CRC check
+            raise zipfile.BadZipFile(f"{archive} is corrupt ({exc}): delete it and download again") from exc
         if bad is not None:
             raise zipfile.BadZipFile(f"{archive} is corrupt at {bad}: delete it and download again")
         for member in zf.namelist():

@@ -299,3 +299,18 @@ def test_make_loader_drops_the_last_partial_batch_for_training_only(fourteen, tr
         assert labels == fourteen.targets  # in order, unshuffled
     again = torch.cat([labels for _, labels in loader]).tolist()
     assert again == labels
+
+
+def test_loader_batches_do_not_depend_on_the_number_of_workers(augmented):
+    def batches(num_workers: int) -> list[torch.Tensor]:
+        loader = make_loader(augmented, 2, num_workers=num_workers, train=True, seed=4, pin_memory=False)
+        loader.sampler.set_epoch(3)
+        return [images for images, _ in loader]
+
+    torch.manual_seed(0)
+    in_process = batches(0)
+    torch.manual_seed(1)
+    with_workers = batches(2)
+    assert len(in_process) == len(with_workers) == 2
+    for a, b in zip(in_process, with_workers):
+        assert torch.equal(a, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -143,7 +144,10 @@ def _convert(key: str, value: Any, type_name: Any) -> Any:
                 raise ValueError
             return int(as_float)
         if type_name == "float":
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):  # "inf" and "nan" parse, but no range check can reject inf
+                raise ValueError
+            return number
         return text.lower()
     except ValueError:
         raise ValueError(f"hyperparameter {key}={value!r} is not a valid {type_name}") from None

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import find_classes
 
-from image_classifier.transforms import open_image
+from image_classifier.transforms import check_pixels, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def _check_image(path: str) -> str | None:
         if os.path.getsize(path) == 0:
             return "empty file"
         with Image.open(path) as img:
+            check_pixels(img)  # the same limit open_image applies when the loader reads it
             img.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, still reads every byte
             img.load()
         return None
@@ -136,7 +137,7 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, i) for i in order[self.start:].tolist()])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return max(0, self.n - self.start)
 
 
 def resolve_channels(env_channel_dir: Callable[[str], Path]) -> dict[str, Path]:
