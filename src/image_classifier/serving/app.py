@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from image_classifier.sagemaker_env import SageMakerEnv
@@ -38,7 +39,8 @@ def negotiate_accept(header: str | None) -> str:
     """
     if not header or not header.strip():
         return content_types.JSON
-    offered = request.accept_mimetypes
+    # media-type parameters (`application/json; charset=utf-8`) are ignored, as in Content-Type
+    offered = MIMEAccept([(content_types.base_type(value), q) for value, q in request.accept_mimetypes])
     best = offered.best_match([content_types.JSON, content_types.NPY])
     if best is None:
         raise UnsupportedAcceptError(
