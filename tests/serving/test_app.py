@@ -16,7 +16,8 @@ from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.serving.app import create_app
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
-from image_classifier.transforms import eval_transform, open_image
+from image_classifier.images import open_image
+from image_classifier.transforms import eval_transform
 from tests.serving.images import (big_png, china_jpeg, encode, exif_rotated_jpeg, instances, load_npy, npy,
                                   photo, random_batch, raw_rgb, truncated_jpeg, variants)
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
-from image_classifier.transforms import eval_transform, open_image
+from image_classifier.images import open_image
+from image_classifier.transforms import eval_transform
 from tests.serving.images import (big_png, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
                                   load_npy, npy, photo, random_batch, raw_rgb, truncated_jpeg, variants)
 
@@ -466,3 +467,22 @@ def test_sigterm_stops_the_server(empty_server):
     seconds = stop(empty_server.process)
     assert empty_server.process.returncode == 0 and seconds < 30
     assert "Shutting down" in empty_server.log_text()
+
+
+def test_ping_answers_within_2_s_from_boot(model_dir, tmp_path):
+    """While a worker boots and loads the model, every /ping gets 503 or 200 within 2 s."""
+    shutil.copytree(model_dir, tmp_path / "model")
+    process, url, log = start(tmp_path, 1)
+    statuses = []
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not statuses or statuses[-1] != 200:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text(errors="replace")
+            try:
+                statuses.append(requests.get(f"{url}/ping", timeout=2).status_code)
+            except requests.ConnectionError:  # not listening yet (a timeout is a failure)
+                assert not statuses, "refused after it had answered"
+                time.sleep(0.05)
+    finally:
+        stop(process)
+    assert set(statuses) <= {503, 200}

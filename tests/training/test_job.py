@@ -22,7 +22,7 @@ from image_classifier.serving.predictor import Predictor
 from image_classifier.training import data
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE, run
-from image_classifier.transforms import open_image
+from image_classifier.images import open_image
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
 EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+)")

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving import codec, content_types
 from image_classifier.serving.errors import BadRequestError, InferenceError, UnsupportedAcceptError
-from image_classifier.serving.predictor import PredictorHolder
+from image_classifier.serving.holder import PredictorHolder
 
 logger = logging.getLogger(__name__)
 

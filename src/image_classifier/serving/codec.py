@@ -15,7 +15,7 @@ from PIL import Image
 from image_classifier.serving import content_types
 from image_classifier.serving.errors import (BadRequestError, InvalidImageError, UnsupportedAcceptError,
                                              UnsupportedContentTypeError)
-from image_classifier.transforms import open_image
+from image_classifier.images import open_image
 
 # The smallest input side every registry model accepts: their backbones downsample 32 times.
 MIN_ARRAY_SIDE = 32

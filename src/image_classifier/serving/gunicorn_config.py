@@ -6,6 +6,7 @@
 | MODEL_SERVER_WORKERS | CPU cores | worker processes, each with its own copy of the model |
 | MODEL_SERVER_TIMEOUT | 60 | seconds a request may take before its worker is restarted |
 | SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | largest request body (read by the app) |
+| MODEL_SERVER_MAX_IMAGE_PIXELS | Pillow's | decompression-bomb limit per image |
 """
 
 import os
@@ -32,11 +33,13 @@ def torch_threads(workers_count: int, cores: int | None = None) -> int:
 
 
 def post_fork(server, worker):
-    """Divide the cores among workers before the worker imports the model (no preload)."""
+    """Divide the cores among workers; torch, imported later by the model loader, reads this."""
     threads = torch_threads(workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    if _env.max_image_pixels:
+        # Pillow refuses images over twice its own limit on open, before the app's check:
+        # make its limit the configured one so that a larger limit works too.
+        from PIL import Image
 
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+        Image.MAX_IMAGE_PIXELS = _env.max_image_pixels
     server.log.info("worker %s: %d torch thread(s)", worker.pid, threads)

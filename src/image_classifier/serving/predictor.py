@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +9,7 @@ import torch
 
 from image_classifier import artifacts, models
 from image_classifier.serving.codec import Inputs
-from image_classifier.serving.errors import ModelNotReadyError
 from image_classifier.transforms import eval_transform
-
-logger = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -46,45 +41,3 @@ class Predictor:
         else:
             batch = torch.from_numpy(inputs.array)
         return torch.softmax(self.model(batch).float(), dim=1).numpy()
-
-
-class PredictorHolder:
-    """Loads the predictor in a background thread, so `/ping` answers 503 at once until it is ready."""
-
-    def __init__(self, model_dir: Path, background: bool = True):
-        self.model_dir = model_dir
-        self._predictor: Predictor | None = None
-        self.error: str | None = None
-        self._loaded = threading.Event()
-        if background:
-            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-        else:
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            predictor = Predictor.load(self.model_dir)
-            size = predictor.spec.image_size
-            predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))  # warm-up
-            self._predictor = predictor
-            logger.info("model %s loaded from %s", predictor.spec.arch, self.model_dir)
-        except Exception as exc:  # reported by /ping and /invocations; the worker stays up
-            self.error = f"{type(exc).__name__}: {exc}"
-            logger.exception("model failed to load from %s", self.model_dir)
-        finally:
-            self._loaded.set()
-
-    @property
-    def ready(self) -> bool:
-        return self._predictor is not None and self._loaded.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until loading finished (ready or failed); True if it finished."""
-        return self._loaded.wait(timeout)
-
-    @property
-    def predictor(self) -> Predictor:
-        """Raises: ModelNotReadyError: still loading, or loading failed (503)."""
-        if self._predictor is None or not self._loaded.is_set():
-            raise ModelNotReadyError(f"model failed to load: {self.error}" if self.error else "model is loading")
-        return self._predictor

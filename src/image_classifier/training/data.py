@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import find_classes
 
-from image_classifier.transforms import check_pixels, open_image
+from image_classifier.images import check_pixels, open_image
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,59 @@
+"""Image decoding shared by training and serving: EXIF orientation, RGB, the decompression-bomb limit.
+
+Pillow only (no torch), so the model server can import it before the model loads.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, ImageOps
+
+
+def check_pixels(img: Image.Image, max_pixels: int | None = None) -> None:
+    """Refuse an opened (not yet decoded) image over the decompression-bomb limit.
+
+    Args:
+        max_pixels: the limit in pixels (width × height); None = Pillow's `Image.MAX_IMAGE_PIXELS`
+            (about 89.5 million). Unlike Pillow, which only warns between one and two times its
+            limit, anything over the limit is refused.
+
+    Raises:
+        PIL.Image.DecompressionBombError: over the limit.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"image of {img.width}x{img.height} = {img.width * img.height} pixels is over "
+            f"the limit of {limit} pixels")
+
+
+def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image fully into an RGB PIL image, honouring EXIF orientation.
+
+    Grayscale, RGBA, palette, 16-bit, GIF (first frame) and TIFF all become 8-bit RGB;
+    an alpha channel is dropped (Pillow's `convert("RGB")`).
+
+    Args:
+        source: a path, the encoded bytes, or a binary file object.
+        max_pixels: decompression-bomb limit, see `check_pixels`; checked before the pixel
+            data is decoded. Pillow itself refuses, on open, images over twice its own
+            `Image.MAX_IMAGE_PIXELS`: raise that too to allow larger images.
+
+    Raises:
+        PIL.Image.DecompressionBombError: the image has more than the limit's pixels.
+        PIL.UnidentifiedImageError: not an image Pillow can read.
+        OSError: truncated or corrupt image data.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    with Image.open(source) as img:
+        check_pixels(img, max_pixels)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale → 8-bit; via "I": Pillow's point() refuses big-endian I;16B
+            img = img.convert("I").point(lambda v: v / 256).convert("L")
+        return img.convert("RGB")

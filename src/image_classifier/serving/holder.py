@@ -1,0 +1,68 @@
+"""Loads the model in a worker's background thread, so `/ping` answers at once while it loads.
+
+This module imports neither torch nor the model code at import time: a worker can take
+connections (and answer 503) within a second of starting, before torch is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from image_classifier.serving.errors import ModelNotReadyError
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorHolder:
+    """Holds the worker's `Predictor` once it has loaded (and warmed up) in the background."""
+
+    def __init__(self, model_dir: Path, background: bool = True):
+        self.model_dir = model_dir
+        self._predictor = None
+        self.error: str | None = None
+        self._loaded = threading.Event()
+        if background:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            import numpy as np
+            import torch
+
+            from image_classifier.serving.codec import Inputs
+            from image_classifier.serving.predictor import Predictor
+
+            threads = os.environ.get("OMP_NUM_THREADS")  # set per worker by gunicorn_config.post_fork
+            if threads:
+                torch.set_num_threads(int(threads))
+            predictor = Predictor.load(self.model_dir)
+            size = predictor.spec.image_size
+            predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))  # warm-up
+            self._predictor = predictor
+            logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
+                        torch.get_num_threads())
+        except Exception as exc:  # reported by /ping and /invocations; the worker stays up
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.exception("model failed to load from %s", self.model_dir)
+        finally:
+            self._loaded.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._predictor is not None and self._loaded.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until loading finished (ready or failed); True if it finished."""
+        return self._loaded.wait(timeout)
+
+    @property
+    def predictor(self):
+        """The loaded `Predictor`. Raises: ModelNotReadyError: still loading, or it failed (503)."""
+        if self._predictor is None or not self._loaded.is_set():
+            raise ModelNotReadyError(f"model failed to load: {self.error}" if self.error else "model is loading")
+        return self._predictor
