@@ -19,6 +19,7 @@ from image_classifier.images import open_image
 
 # The smallest input side every registry model accepts: their backbones downsample 32 times.
 MIN_ARRAY_SIDE = 32
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
 
 @dataclass
@@ -48,6 +49,8 @@ def _image_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
 
 
 def _npy_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
+    if not body.startswith(NPY_MAGIC):  # np.load would take it for a pickle
+        raise BadRequestError("body is not a .npy array: it lacks the NPY format's header")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except ValueError as exc:
@@ -56,8 +59,6 @@ def _npy_to_inputs(body: bytes, max_pixels: int | None) -> Inputs:
         raise BadRequestError(f"body is not a .npy array: {exc}") from None
     except (OSError, EOFError) as exc:
         raise BadRequestError(f"body is not a .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise BadRequestError("body is not a single .npy array")
     if array.dtype != np.float32:
         raise BadRequestError(f"array dtype must be float32, got {array.dtype}")
     if array.ndim not in (3, 4) or array.shape[-3] != 3:
