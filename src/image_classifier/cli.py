@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from image_classifier import datasets
 from image_classifier.serving import content_types
 
 _SUFFIX_TYPES = {".jpg": content_types.JPEG, ".jpeg": content_types.JPEG, ".png": content_types.PNG,
@@ -50,8 +51,6 @@ def format_predictions(predictions: list[dict]) -> str:
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
-    from image_classifier import datasets
-
     if args.source == "sample":
         counts = datasets.write_sample(args.output, seed=args.seed)
         print(f"wrote the handwritten-digit sample to {args.output}: {json.dumps(counts)}")
@@ -87,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample: scikit-learn's bundled handwritten digits (offline); "
                         "dogimages: download the Udacity dog-breed set")
     p.add_argument("--output", type=Path, default=Path("data"), help="dataset root (default: ./data)")
-    p.add_argument("--url", default=None, help="dogimages: download URL (default: Udacity's)")
+    p.add_argument("--url", default=datasets.DOGIMAGES_URL, help="dogimages: download URL (default: %(default)s)")
     p.add_argument("--sha256", default=None, help="dogimages: expected SHA-256 of the zip")
     p.add_argument("--seed", type=int, default=0, help="sample: seed of the train/valid/test split")
     p.set_defaults(func=_prepare_data)
@@ -110,10 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if getattr(args, "url", "") is None:
-        from image_classifier.datasets import DOGIMAGES_URL
-
-        args.url = DOGIMAGES_URL
     return args.func(args)
 
 
