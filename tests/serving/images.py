@@ -113,3 +113,10 @@ def big_png(width: int, height: int, mode: str = "L") -> bytes:
 def truncated_jpeg() -> bytes:
     body = china_jpeg()
     return body[: len(body) // 2]
+
+
+def invocation_headers(content_type: str | None = "image/jpeg", accept: str | None = None,
+                       top_k: str | None = None) -> dict[str, str]:
+    """Request headers for /invocations; None leaves a header out."""
+    headers = {"Content-Type": content_type, "Accept": accept, "X-Amzn-SageMaker-Custom-Attributes": top_k}
+    return {name: value for name, value in headers.items() if value is not None}

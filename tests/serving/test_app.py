@@ -18,13 +18,12 @@ from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
-from tests.serving.images import (big_png, china_jpeg, encode, exif_rotated_jpeg, instances, load_npy, npy,
+from tests.serving.images import (big_png, invocation_headers, china_jpeg, encode, exif_rotated_jpeg, instances, load_npy, npy,
                                   photo, random_batch, raw_rgb, truncated_jpeg, variants)
 
 NUM_CLASSES = len(DIGIT_NAMES)
 SERVER_ENV = ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "MODEL_SERVER_MAX_IMAGE_PIXELS", "MODEL_SERVER_WORKERS",
               "SAGEMAKER_BASE_DIR")
-TOP_K = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,14 +50,7 @@ def client(app):
 
 def post(client, body: bytes, content_type: str | None = "image/jpeg", accept: str | None = None,
          top_k: str | None = None, **kwargs):
-    headers = {}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    if accept is not None:
-        headers["Accept"] = accept
-    if top_k is not None:
-        headers[TOP_K] = top_k
-    return client.post("/invocations", data=body, headers=headers, **kwargs)
+    return client.post("/invocations", data=body, headers=invocation_headers(content_type, accept, top_k), **kwargs)
 
 
 def probabilities(client, body: bytes, content_type: str = "image/jpeg") -> np.ndarray:

@@ -23,7 +23,7 @@ from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
-from tests.serving.images import (big_png, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
+from tests.serving.images import (big_png, invocation_headers, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
                                   load_npy, npy, photo, random_batch, raw_rgb, truncated_jpeg, variants)
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,6 @@ MAX_PAYLOAD_MB = 2.5          # fractional on purpose
 MAX_PAYLOAD = 2_500_000
 MAX_PIXELS = 1_000_000        # china.jpg has 273,280
 STARTUP_TIMEOUT = 180
-TOP_K = "X-Amzn-SageMaker-Custom-Attributes"
 # gunicorn reads GUNICORN_CMD_ARGS after the config module: log which worker answered each request
 ACCESS_LOG_FORMAT = """--access-logformat 'pid=%(p)s "%(r)s" %(s)s %(b)s'"""
 
@@ -159,14 +158,8 @@ def empty_server(empty_started):
 
 def post(server: Server, body, content_type: str | None = "image/jpeg", accept: str | None = None,
          top_k: str | None = None) -> requests.Response:
-    headers = {}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    if accept is not None:
-        headers["Accept"] = accept
-    if top_k is not None:
-        headers[TOP_K] = top_k
-    return requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=30)
+    return requests.post(f"{server.url}/invocations", data=body, headers=invocation_headers(content_type, accept, top_k),
+                         timeout=30)
 
 
 def media_type(response: requests.Response) -> str:
