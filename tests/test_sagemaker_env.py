@@ -178,3 +178,22 @@ def test_serving_settings_from_environment(attribute, environ, expected):
 def test_model_server_workers_default_to_cpu_count(monkeypatch, cpu_count, expected):
     monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
     assert SageMakerEnv.from_environ({}).model_server_workers == expected
+
+
+@pytest.mark.parametrize("file, env, expected", [
+    ({"epochs": "3"}, '{"epochs": 5, "lr": 0.1}', {"epochs": "5", "lr": "0.1"}),
+    ({"epochs": "3"}, "", {"epochs": "3"}),
+    (None, '{"model": "resnet18"}', {"model": "resnet18"}),
+])
+def test_sm_hps_adds_to_and_overrides_the_file(tmp_path, file, env, expected):
+    if file is not None:
+        (tmp_path / "input" / "config").mkdir(parents=True)
+        (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps(file))
+    sm = SageMakerEnv.from_environ({"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_HPS": env})
+    assert sm.hyperparameters() == expected
+
+
+@pytest.mark.parametrize("env", ["{not json", "[1, 2]"])
+def test_sm_hps_must_be_a_json_object(tmp_path, env):
+    with pytest.raises(ValueError, match="SM_HPS"):
+        SageMakerEnv.from_environ({"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_HPS": env}).hyperparameters()

@@ -51,12 +51,27 @@ def format_predictions(predictions: list[dict]) -> str:
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
+    if args.if_missing and datasets.has_dataset(args.output):
+        print(f"{args.output} already holds a dataset: left as it is")
+        return 0
     if args.source == "sample":
         counts = datasets.write_sample(args.output, seed=args.seed)
         print(f"wrote the handwritten-digit sample to {args.output}: {json.dumps(counts)}")
     else:
         datasets.prepare_dogimages(args.output, url=args.url, sha256=args.sha256)
         print(f"dog-breed images unpacked to {args.output}/{{train,valid,test}}")
+    return 0
+
+
+def _download_weights(args: argparse.Namespace) -> int:
+    from image_classifier.models import PretrainedWeightsUnavailable, load_pretrained_state_dict
+
+    try:
+        for name in args.models:
+            load_pretrained_state_dict(name)  # downloads into the hub cache unless it is there
+    except (ValueError, PretrainedWeightsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -89,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=datasets.DOGIMAGES_URL, help="dogimages: download URL (default: %(default)s)")
     p.add_argument("--sha256", default=None, help="dogimages: expected SHA-256 of the zip")
     p.add_argument("--seed", type=int, default=0, help="sample: seed of the train/valid/test split")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when OUTPUT/train holds class folders")
     p.set_defaults(func=_prepare_data)
+
+    p = sub.add_parser("download-weights", help="put torchvision's ImageNet weights in the torch hub cache "
+                                                "($TORCH_HOME), e.g. when building an image for jobs without internet")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registry model names, e.g. resnet50 resnet18")
+    p.set_defaults(func=_download_weights)
 
     p = sub.add_parser("predict", help="send an image to a model server and print the top-k")
     p.add_argument("image", type=Path)

@@ -25,6 +25,9 @@ MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 MAX_CONCURRENT_TRANSFORMS_ENV = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
 BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"
 MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
+# A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
+# run (docker compose) set them without writing hyperparameters.json.
+HYPERPARAMETERS_ENV = "SM_HPS"
 
 DEFAULT_BASE_DIR = "/opt/ml"
 DEFAULT_PORT = 8080
@@ -108,9 +111,22 @@ class SageMakerEnv:
         return self.config_dir / CHECKPOINT_CONFIG_FILE
 
     def hyperparameters(self) -> dict[str, str]:
-        """`hyperparameters.json` as SageMaker writes it: every value a string."""
-        return {str(k): v if isinstance(v, str) else json.dumps(v)
-                for k, v in _read_json(self.hyperparameters_path).items()}
+        """`hyperparameters.json` as SageMaker writes it (every value a string), updated by `SM_HPS`.
+
+        Raises:
+            ValueError: either is not a JSON object.
+        """
+        values = _read_json(self.hyperparameters_path)
+        overrides = self.environ.get(HYPERPARAMETERS_ENV, "").strip()
+        if overrides:
+            try:
+                extra = json.loads(overrides)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{HYPERPARAMETERS_ENV} is not valid JSON: {exc}") from exc
+            if not isinstance(extra, dict):
+                raise ValueError(f"{HYPERPARAMETERS_ENV} must hold a JSON object, not {type(extra).__name__}")
+            values.update(extra)
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
     def input_data_config(self) -> dict[str, Any]:
         """`inputdataconfig.json`: channel name → its TrainingInputMode, ContentType, ..."""

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Usage: scripts/container_test.sh
+# Builds both images and runs the README's compose instructions for real: docker (or podman
+# where no Docker engine runs) with docker compose (or podman-compose). Checks that training
+# wrote the model artifacts and no failure file, that the server answers a real photo, and
+# that `docker run IMAGE train` fails with a failure file on a bad hyperparameter. Tears the
+# containers down; the images and their build cache stay. Clears ./local/opt_ml first.
+# Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/container_engine.sh
+port="${PORT:-8080}"
+work=$(mktemp -d)
+
+fail() { echo "container test FAILED: $*" >&2; "${COMPOSE[@]}" logs >&2 || true; exit 1; }
+cleanup() { "${COMPOSE[@]}" down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "== 1. build both images"
+scripts/build_images.sh
+
+echo "== 2. docker compose up -d: prepare → train → serve"
+rm -rf local/opt_ml
+mkdir -p local/opt_ml
+"${COMPOSE[@]}" up -d
+
+echo "== 3. wait for /ping on localhost:$port"
+for _ in $(seq 1 180); do
+  if curl -fsS "http://localhost:$port/ping" >/dev/null 2>&1; then break; fi
+  sleep 5
+done
+curl -fsS "http://localhost:$port/ping" >/dev/null || fail "/ping never answered 200"
+[ -s local/opt_ml/model/model.pth ] && [ -s local/opt_ml/model/model_config.json ] \
+  || fail "the training container wrote no model artifacts"
+[ ! -e local/opt_ml/output/failure ] || fail "training wrote a failure: $(cat local/opt_ml/output/failure)"
+
+echo "== 4. a real photo to /invocations"
+"$ENGINE" run --rm image-classifier-train:latest python3 -c \
+  'import pathlib, sys, sklearn.datasets as d; sys.stdout.buffer.write((pathlib.Path(d.__file__).parent / "images" / "china.jpg").read_bytes())' \
+  > "$work/photo.jpg"
+curl -fsS --data-binary "@$work/photo.jpg" -H 'Content-Type: image/jpeg' "http://localhost:$port/invocations" \
+  > "$work/answer.json" || fail "/invocations did not answer 200"
+python3 - "$work/answer.json" local/opt_ml/model/model_config.json <<'PY' || fail "unexpected answer: $(cat "$work/answer.json")"
+import json, sys
+predictions = json.load(open(sys.argv[1]))["predictions"]
+labels = json.load(open(sys.argv[2]))["labels"]
+assert len(predictions) == 5, predictions
+assert all(p["label"] == labels[p["class_id"]] for p in predictions), predictions
+probabilities = [p["probability"] for p in predictions]
+assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+print("top-5:", ", ".join(f'{p["label"]} {p["probability"]:.3f}' for p in predictions))
+PY
+
+echo "== 5. docker run IMAGE train with a bad hyperparameter"
+mkdir -p "$work/opt_ml/input/config"
+echo '{"lr": "fast"}' > "$work/opt_ml/input/config/hyperparameters.json"
+if "$ENGINE" run --rm -v "$work/opt_ml:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train; then
+  fail "a bad hyperparameter did not fail the training job"
+fi
+grep -q "lr" "$work/opt_ml/output/failure" || fail "no failure reason naming lr in output/failure"
+echo "failure reason: $(cat "$work/opt_ml/output/failure")"
+
+echo "== 6. tear down"
+"${COMPOSE[@]}" down
+echo "container test passed"
