@@ -27,6 +27,8 @@ mkdir -p local/opt_ml
 echo "== 3. wait for /ping on localhost:$port"
 for _ in $(seq 1 180); do
   if curl -fsS "http://localhost:$port/ping" >/dev/null 2>&1; then break; fi
+  # podman-compose starts `serve` once `train` stopped, whatever its exit code
+  [ ! -e local/opt_ml/output/failure ] || fail "training failed: $(cat local/opt_ml/output/failure)"
   sleep 5
 done
 curl -fsS "http://localhost:$port/ping" >/dev/null || fail "/ping never answered 200"
