@@ -72,3 +72,15 @@ def test_docker_train_writes_the_failure_file(tmp_path):
                             env={"SAGEMAKER_BASE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode != 0
     assert "lr" in (tmp_path / "output" / "failure").read_text()
+
+
+@pytest.mark.parametrize("args, present, absent", [
+    (["serve"], ["torch==2.15.0", "flask>=3.0", "gunicorn>=23"], ["smdebug==1.0.34"]),
+    (["train"], ["torch==2.15.0", "smdebug==1.0.34", "sagemaker-training>=4.9,<5"], ["flask>=3.0"]),
+    (["serve", "--only", "torch,torchvision"], ["torch==2.15.0", "torchvision==0.29.2"], ["Pillow>=10.3"]),
+    (["train", "--only", "sagemaker-training"], ["sagemaker-training>=4.9,<5"], ["torch==2.15.0"]),
+])
+def test_image_requirements_come_from_pyproject(args, present, absent):
+    out = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements.py"), str(ROOT / "pyproject.toml"),
+                          *args], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert all(r in out for r in present) and not any(r in out for r in absent), out
