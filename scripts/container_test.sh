@@ -26,7 +26,11 @@ mkdir -p local/opt_ml
 
 echo "== 3. wait for /ping on localhost:$port"
 for _ in $(seq 1 180); do
-  if curl -fsS "http://localhost:$port/ping" >/dev/null 2>&1; then break; fi
+  ping=$(curl -sS "http://localhost:$port/ping" 2>/dev/null || true)
+  case "$ping" in
+    *'"ok"'*) break ;;
+    *'"failed"'*) fail "the server could not load the model: $ping" ;;
+  esac
   # podman-compose starts `serve` once `train` stopped, whatever its exit code
   [ ! -e local/opt_ml/output/failure ] || fail "training failed: $(cat local/opt_ml/output/failure)"
   sleep 5
