@@ -3,7 +3,8 @@
 # Builds both images and runs the README's compose instructions for real: docker (or podman
 # where no Docker engine runs) with docker compose (or podman-compose). Checks that training
 # wrote the model artifacts and no failure file, that the server answers a real photo, and
-# that `docker run IMAGE train` fails with a failure file on a bad hyperparameter. Tears the
+# that `docker run IMAGE train` fails with a failure file on a bad hyperparameter and that
+# `docker stop` makes the job save a checkpoint (SIGTERM reaches it). Tears the
 # containers down; the images and their build cache stay. Clears ./local/opt_ml first.
 # Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
 set -euo pipefail
@@ -66,6 +67,26 @@ fi
 grep -q "lr" "$work/opt_ml/output/failure" || fail "no failure reason naming lr in output/failure"
 echo "failure reason: $(cat "$work/opt_ml/output/failure")"
 
-echo "== 6. tear down"
+echo "== 6. docker stop during training: SIGTERM reaches the job, which saves a checkpoint"
+mkdir -p "$work/stop/input/config"
+echo '{"model": "resnet18", "pretrained": "false", "freeze": "none", "epochs": "50", "image-size": "32", "num-workers": "0"}' \
+  > "$work/stop/input/config/hyperparameters.json"
+container=image-classifier-stop-test
+"$ENGINE" rm -f "$container" >/dev/null 2>&1 || true
+"$ENGINE" run -d --name "$container" -v "$work/stop:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" \
+  image-classifier-train:latest train >/dev/null
+for _ in $(seq 1 120); do
+  if "$ENGINE" logs "$container" 2>&1 | grep -q "epoch=1 "; then break; fi
+  sleep 2
+done
+"$ENGINE" stop -t 60 "$container" >/dev/null
+code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$container")
+"$ENGINE" rm "$container" >/dev/null
+[ "$code" = 143 ] || fail "the stopped training job exited with $code, not 143"
+[ -s "$work/stop/checkpoints/checkpoint.pt" ] || fail "no checkpoint after SIGTERM"
+grep -q SIGTERM "$work/stop/output/failure" || fail "no SIGTERM reason in output/failure"
+echo "stopped: $(cat "$work/stop/output/failure")"
+
+echo "== 7. tear down"
 "${COMPOSE[@]}" down
 echo "container test passed"
