@@ -1,0 +1,124 @@
+"""The hyperparameter search space, defined once for the cloud tuner (and local tuning).
+
+Default ranges: `lr` continuous 0.001–0.1 on a log scale, `batch-size` categorical
+{32, 64, 128}, `epochs` integer 2–5; `model` categorical over the registry is opt-in. A JSON
+file overrides or adds ranges:
+
+    {"lr": {"type": "continuous", "min": 0.0001, "max": 0.01, "scaling": "Logarithmic"},
+     "epochs": {"type": "integer", "min": 3, "max": 8},
+     "optimizer": {"type": "categorical", "values": ["adam", "sgd"]}}
+
+`to_sagemaker` gives the `ParameterRanges` of CreateHyperParameterTuningJob.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+from image_classifier.models import MODEL_NAMES
+from image_classifier.training.config import TrainConfig
+
+# SageMaker's ScalingType values (API reference: ContinuousParameterRange, IntegerParameterRange)
+SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+
+
+@dataclass(frozen=True)
+class ContinuousRange:
+    name: str
+    min: float
+    max: float
+    scaling: str = "Auto"
+
+
+@dataclass(frozen=True)
+class IntegerRange:
+    name: str
+    min: int
+    max: int
+    scaling: str = "Auto"
+
+
+@dataclass(frozen=True)
+class CategoricalRange:
+    name: str
+    values: tuple[str, ...]
+
+
+Range = Union[ContinuousRange, IntegerRange, CategoricalRange]
+
+DEFAULT_RANGES: tuple[Range, ...] = (
+    ContinuousRange("lr", 0.001, 0.1, "Logarithmic"),
+    CategoricalRange("batch-size", ("32", "64", "128")),
+    IntegerRange("epochs", 2, 5, "Linear"),
+)
+MODEL_RANGE = CategoricalRange("model", MODEL_NAMES)
+
+
+def _validate(r: Range) -> Range:
+    """Raises: ValueError: an unknown hyperparameter, an empty range, or values the job refuses."""
+    if r.name.replace("_", "-") not in TrainConfig.field_names():
+        raise ValueError(f"unknown hyperparameter {r.name!r} in the search space; "
+                         f"valid ones: {', '.join(TrainConfig.field_names())}")
+    if isinstance(r, CategoricalRange):
+        if not r.values:
+            raise ValueError(f"categorical range {r.name} has no values")
+        candidates = list(r.values)
+    else:
+        if not r.min < r.max:
+            raise ValueError(f"range {r.name}: min {r.min} must be below max {r.max}")
+        if r.scaling not in SCALINGS:
+            raise ValueError(f"range {r.name}: scaling {r.scaling!r} is not one of {', '.join(SCALINGS)}")
+        if r.scaling == "Logarithmic" and r.min <= 0:
+            raise ValueError(f"range {r.name}: a logarithmic range needs min > 0")
+        candidates = [r.min, r.max]
+    for value in candidates:  # the job must accept every end of the range
+        TrainConfig.from_hyperparameters({r.name: str(value)})
+    return r
+
+
+def _from_json(name: str, spec: dict[str, Any]) -> Range:
+    kind = spec.get("type")
+    try:
+        if kind == "continuous":
+            return ContinuousRange(name, float(spec["min"]), float(spec["max"]), spec.get("scaling", "Auto"))
+        if kind == "integer":
+            return IntegerRange(name, int(spec["min"]), int(spec["max"]), spec.get("scaling", "Auto"))
+        if kind == "categorical":
+            return CategoricalRange(name, tuple(str(v) for v in spec["values"]))
+    except KeyError as exc:
+        raise ValueError(f"range {name}: missing {exc.args[0]!r}") from None
+    raise ValueError(f"range {name}: type must be continuous, integer or categorical, not {kind!r}")
+
+
+def search_space(include_model: bool = False, overrides: str | None = None) -> list[Range]:
+    """The default ranges (plus `model` if asked), with the ranges of the JSON text `overrides`.
+
+    Raises:
+        ValueError: bad JSON, or a range that is unknown, empty or refused by the job's config.
+    """
+    ranges = {r.name: r for r in DEFAULT_RANGES + ((MODEL_RANGE,) if include_model else ())}
+    if overrides:
+        try:
+            document = json.loads(overrides)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"search space overrides are not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise ValueError("search space overrides must be a JSON object of ranges")
+        ranges.update({name: _from_json(name, spec) for name, spec in document.items()})
+    return [_validate(r) for r in ranges.values()]
+
+
+def to_sagemaker(ranges: list[Range]) -> dict[str, list[dict[str, Any]]]:
+    """The `ParameterRanges` of CreateHyperParameterTuningJob (values as strings, as the API wants)."""
+    result: dict[str, list[dict[str, Any]]] = {
+        "ContinuousParameterRanges": [], "IntegerParameterRanges": [], "CategoricalParameterRanges": []}
+    for r in ranges:
+        if isinstance(r, CategoricalRange):
+            result["CategoricalParameterRanges"].append({"Name": r.name, "Values": list(r.values)})
+        else:
+            key = "ContinuousParameterRanges" if isinstance(r, ContinuousRange) else "IntegerParameterRanges"
+            result[key].append({"Name": r.name, "MinValue": str(r.min), "MaxValue": str(r.max),
+                                "ScalingType": r.scaling})
+    return result
