@@ -99,7 +99,7 @@ def search_space(include_model: bool = False, overrides: str | None = None) -> l
         ValueError: bad JSON, or a range that is unknown, empty or refused by the job's config.
     """
     ranges = {r.name: r for r in DEFAULT_RANGES + ((MODEL_RANGE,) if include_model else ())}
-    if overrides:
+    if overrides is not None:
         try:
             document = json.loads(overrides)
         except json.JSONDecodeError as exc:
