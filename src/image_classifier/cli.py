@@ -50,6 +50,12 @@ def format_predictions(predictions: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def format_answer(predictions: list) -> str:
+    """The server's `predictions` as tables: one, or one per image for a batch (.npy, .json)."""
+    batches = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+    return "\n\n".join(format_predictions(batch) for batch in batches)
+
+
 def _prepare_data(args: argparse.Namespace) -> int:
     if args.if_missing and datasets.has_dataset(args.output):
         print(f"{args.output} already holds a dataset: left as it is")
@@ -81,8 +87,7 @@ def _predict(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError, requests.RequestException) as exc:  # OSError: an unreadable image file
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    batches = predictions if predictions and isinstance(predictions[0], list) else [predictions]
-    print("\n\n".join(format_predictions(batch) for batch in batches))  # a batch (.npy, .json): a table each
+    print(format_answer(predictions))
     return 0
 
 
