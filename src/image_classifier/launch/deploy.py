@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable
 
 import boto3
 
-from image_classifier.launch.tune import DryRun, intercept, parse_static
+from image_classifier.launch.tune import DryRun, parse_static, sending_nothing
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +90,12 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
     ]
     if args.dry_run:
         requests = []
-        for operation in OPERATIONS:
-            intercept(boto_session, operation)
-        for step in steps:
-            try:
-                step()
-            except DryRun as request:
-                requests.append(request.params)
+        with sending_nothing(boto_session, OPERATIONS):
+            for step in steps:
+                try:
+                    step()
+                except DryRun as request:
+                    requests.append(request.params)
         return requests
     endpoint = [step() for step in steps][-1]
     if args.wait:
@@ -124,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     boto_session = boto3.Session(region_name=args.region)
-    if args.dry_run:
-        os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM: send nothing
     try:
         result = delete(args, boto_session) if args.delete else create(args, boto_session)
     except ValueError as exc:

@@ -8,6 +8,7 @@ from `launch.search_space`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ STRATEGIES = ("Bayesian", "Random", "Hyperband")
 CHANNELS = ("train", "valid", "test")
 CREATE_OPERATION = "CreateHyperParameterTuningJob"
 TERMINAL = ("Completed", "Failed", "Stopped", "DeleteFailed")
+VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"  # the SDK v3 checks the role with IAM unless "false"
 
 
 class DryRun(Exception):
@@ -51,6 +53,22 @@ def intercept(boto_session: boto3.Session, operation: str) -> None:
 def default_job_name() -> str:
     """`ic-YYMMDD-HHMMSS-xxxx`: unique per second and then some (tuning job names: <= 32 characters)."""
     return f"ic-{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@contextlib.contextmanager
+def sending_nothing(boto_session: boto3.Session, operations: tuple[str, ...]):
+    """A dry run: the `operations` raise DryRun, and the SDK's role check (IAM calls) is off."""
+    for operation in operations:
+        intercept(boto_session, operation)
+    previous = os.environ.get(VALIDATE_ROLE_ENV)
+    os.environ[VALIDATE_ROLE_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[VALIDATE_ROLE_ENV]
+        else:
+            os.environ[VALIDATE_ROLE_ENV] = previous
 
 
 def parse_static(pairs: list[str]) -> dict[str, str]:
@@ -142,16 +160,18 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
     from sagemaker.core.training.configs import InputData
 
     boto_session = boto3.Session(region_name=args.region)
-    if args.dry_run:
-        intercept(boto_session, CREATE_OPERATION)
-        os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM: send nothing
-    tuner = make_tuner(args, boto_session)
     data = args.data.rstrip("/")
     inputs = [InputData(channel_name=c, data_source=f"{data}/{c}") for c in CHANNELS]
-    try:
-        tuner.tune(inputs=inputs, job_name=args.job_name or default_job_name(), wait=False)
-    except DryRun as request:
-        return request.params
+    if args.dry_run:
+        with sending_nothing(boto_session, (CREATE_OPERATION,)):
+            try:
+                make_tuner(args, boto_session).tune(inputs=inputs, job_name=args.job_name or default_job_name(),
+                                                    wait=False)
+            except DryRun as request:
+                return request.params
+        raise RuntimeError(f"dry run: the SDK made no {CREATE_OPERATION} request")
+    tuner = make_tuner(args, boto_session)
+    tuner.tune(inputs=inputs, job_name=args.job_name or default_job_name(), wait=False)
     return {"HyperParameterTuningJobName": tuner.latest_tuning_job.hyper_parameter_tuning_job_name}
 
 
