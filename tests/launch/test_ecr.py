@@ -47,3 +47,24 @@ def test_build_and_push_tags_and_pushes_both_images(aws, tmp_path):
             assert f"tag image-classifier-{target}:latest {registry}/image-classifier-{target}:{tag}" in calls
             assert f"push {registry}/image-classifier-{target}:{tag}" in calls
     assert f"training image: {registry}/image-classifier-train:{commit}" in result.stdout
+
+
+def test_build_and_push_dry_run_prints_and_sends_nothing(aws, tmp_path):
+    record = tmp_path / "docker.log"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\n[ "$1" = info ] && exit 0\necho "$@" >> {record}\nexit 0\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "PYTHON": sys.executable}
+    before = {r["repositoryName"] for r in boto3.client("ecr", region_name="eu-west-1").describe_repositories()[
+        "repositories"]}
+    result = subprocess.run([str(ROOT / "scripts" / "build_and_push.sh"), "--dry-run", "--region", "eu-west-1"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not record.exists()  # docker was asked nothing but `info`
+    registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    assert f"+ docker push {registry}/image-classifier-serve:latest" in result.stdout
+    assert "+ scripts/build_images.sh" in result.stdout
+    after = {r["repositoryName"] for r in boto3.client("ecr", region_name="eu-west-1").describe_repositories()[
+        "repositories"]}
+    assert after == before

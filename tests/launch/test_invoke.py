@@ -65,3 +65,10 @@ def test_a_model_error_shows_the_containers_message(photo, capsys, monkeypatch):
     monkeypatch.setattr(invoke.boto3, "Session", lambda **_: type("S", (), {"client": lambda self, name: runtime})())
     assert invoke.main([str(photo), "--endpoint", "ic"]) == 1
     assert "the model container answered 415: unsupported Content-Type" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_request(photo, capsys):
+    assert invoke.main([str(photo), "--endpoint", "ic", "--top-k", "3", "--dry-run"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["ContentType"] == "image/jpeg" and request["CustomAttributes"] == "top_k=3"
+    assert str(photo.stat().st_size) in request["Body"]

@@ -55,3 +55,12 @@ def test_bad_uri(uri):
 def test_not_a_dataset(aws, tmp_path, capsys):
     assert upload.main([str(tmp_path), "s3://ic-upload-test/x"]) == 2
     assert "no train/ folder" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_objects_and_sends_nothing(bucket, digit_tree, capsys):
+    assert upload.main([str(digit_tree), "s3://ic-upload-test/dry", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    files = sorted(digit_tree.rglob("*.png"))
+    assert out[-1].startswith(f"{len(files)} file(s)")
+    assert out[0] == f"s3://ic-upload-test/dry/{files[0].relative_to(digit_tree).as_posix()} {files[0].stat().st_size}"
+    assert keys(bucket, "dry/") == []

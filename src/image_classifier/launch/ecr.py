@@ -1,6 +1,7 @@
 """ECR for scripts/build_and_push.sh: the registry, repositories made if missing, the login password.
 
 Usage: python -m image_classifier.launch.ecr repositories NAME... [--region R]   (prints the registry)
+       python -m image_classifier.launch.ecr registry [--region R]              (the same, creating nothing)
        python -m image_classifier.launch.ecr password [--region R]              (prints the password)
 """
 
@@ -25,6 +26,11 @@ def ensure_repositories(ecr_client, names: list[str]) -> str:
     return uri.split("/", 1)[0]
 
 
+def registry_of(sts_client, region: str) -> str:
+    """The account's registry host, from STS's GetCallerIdentity (creates nothing)."""
+    return f"{sts_client.get_caller_identity()['Account']}.dkr.ecr.{region}.amazonaws.com"
+
+
 def login_password(ecr_client) -> str:
     """The password for `docker login --username AWS` (GetAuthorizationToken, base64 of `AWS:<password>`)."""
     token = ecr_client.get_authorization_token()["authorizationData"][0]["authorizationToken"]
@@ -34,12 +40,15 @@ def login_password(ecr_client) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m image_classifier.launch.ecr", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("repositories", "password"))
+    parser.add_argument("command", choices=("repositories", "registry", "password"))
     parser.add_argument("names", nargs="*", help="repositories: their names")
     parser.add_argument("--region", default=None)
     args = parser.parse_args(argv)
-    ecr = boto3.Session(region_name=args.region).client("ecr")
-    if args.command == "repositories":
+    session = boto3.Session(region_name=args.region)
+    ecr = session.client("ecr")
+    if args.command == "registry":
+        print(registry_of(session.client("sts"), ecr.meta.region_name))
+    elif args.command == "repositories":
         if not args.names:
             parser.error("repositories needs at least one name")
         print(ensure_repositories(ecr, args.names))

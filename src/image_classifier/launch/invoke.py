@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", default="image-classifier", help="endpoint name (default: %(default)s)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        size = args.image.stat().st_size if args.image.is_file() else None
+        print(json.dumps({"EndpointName": args.endpoint, "ContentType": content_type_for(args.image),
+                          "Accept": content_types.JSON, "CustomAttributes": f"top_k={args.top_k}",
+                          "Body": f"<{size} bytes of {args.image}>"}, indent=2))
+        return 0
     runtime = boto3.Session(region_name=args.region).client("sagemaker-runtime")
     try:
         predictions = invoke(runtime, args.endpoint, args.image, args.top_k)

@@ -95,7 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("s3_uri", help="destination, e.g. s3://my-bucket/dogImages")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--workers", type=int, default=16, help="parallel uploads")
+    parser.add_argument("--dry-run", action="store_true", help="list the objects it would write, send nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        try:
+            bucket, prefix = parse_s3_uri(args.s3_uri)
+            files = files_of(args.data)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for path in files:
+            key = "/".join(filter(None, [prefix, path.relative_to(args.data).as_posix()]))
+            print(f"s3://{bucket}/{key} {path.stat().st_size}")
+        print(f"{len(files)} file(s); objects of the same size and ETag already there would be skipped")
+        return 0
     try:
         result = upload(args.data, args.s3_uri, boto3.Session(region_name=args.region).client("s3"), args.workers)
     except ValueError as exc:
