@@ -27,15 +27,22 @@ def test_login_password_decodes_the_token(aws):
     assert ecr.login_password(boto3.client("ecr", region_name="us-east-1"))
 
 
-def test_build_and_push_tags_and_pushes_both_images(aws, tmp_path):
+def build_and_push(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run scripts/build_and_push.sh with a `docker` that records its calls (but `info`) in the returned file."""
     record = tmp_path / "docker.log"
     fake = tmp_path / "bin" / "docker"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n[ "$1" = login ] && cat > /dev/null\nexit 0\n')
+    fake.write_text(f'#!/bin/sh\n[ "$1" = info ] && exit 0\necho "$@" >> {record}\n'
+                    f'[ "$1" = login ] && cat > /dev/null\nexit 0\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "PYTHON": sys.executable}
-    result = subprocess.run([str(ROOT / "scripts" / "build_and_push.sh"), "--no-build", "--region", "us-east-1"],
+    result = subprocess.run([str(ROOT / "scripts" / "build_and_push.sh"), *args],
                             env=env, capture_output=True, text=True, timeout=120)
+    return result, record
+
+
+def test_build_and_push_tags_and_pushes_both_images(aws, tmp_path):
+    result, record = build_and_push(tmp_path, "--no-build", "--region", "us-east-1")
     assert result.returncode == 0, result.stderr
     calls = record.read_text().splitlines()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -50,16 +57,9 @@ def test_build_and_push_tags_and_pushes_both_images(aws, tmp_path):
 
 
 def test_build_and_push_dry_run_prints_and_sends_nothing(aws, tmp_path):
-    record = tmp_path / "docker.log"
-    fake = tmp_path / "bin" / "docker"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\n[ "$1" = info ] && exit 0\necho "$@" >> {record}\nexit 0\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "PYTHON": sys.executable}
     before = {r["repositoryName"] for r in boto3.client("ecr", region_name="eu-west-1").describe_repositories()[
         "repositories"]}
-    result = subprocess.run([str(ROOT / "scripts" / "build_and_push.sh"), "--dry-run", "--region", "eu-west-1"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result, record = build_and_push(tmp_path, "--dry-run", "--region", "eu-west-1")
     assert result.returncode == 0, result.stderr
     assert not record.exists()  # docker was asked nothing but `info`
     registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"

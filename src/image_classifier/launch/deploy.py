@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import boto3
 
-from image_classifier.launch.tune import DryRun, parse_static, sending_nothing
+from image_classifier.launch.common import DryRun, parse_static, sending_nothing
 
 logger = logging.getLogger(__name__)
 

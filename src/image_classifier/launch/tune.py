@@ -8,18 +8,18 @@ from `launch.search_space`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
 
 from image_classifier.launch import metrics, search_space
+from image_classifier.launch.common import DryRun, parse_static, sending_nothing
 
 logger = logging.getLogger(__name__)
 
@@ -27,59 +27,11 @@ STRATEGIES = ("Bayesian", "Random", "Hyperband")
 CHANNELS = ("train", "valid", "test")
 CREATE_OPERATION = "CreateHyperParameterTuningJob"
 TERMINAL = ("Completed", "Failed", "Stopped", "DeleteFailed")
-VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"  # the SDK v3 checks the role with IAM unless "false"
-
-
-class DryRun(Exception):
-    """Raised in place of sending a request: carries the request's parameters."""
-
-    def __init__(self, operation: str, params: dict[str, Any]):
-        super().__init__(operation)
-        self.operation, self.params = operation, params
-
-
-def intercept(boto_session: boto3.Session, operation: str) -> None:
-    """Make every `sagemaker` client of `boto_session` raise DryRun instead of sending `operation`.
-
-    The request is taken just before it would be sent, after botocore validated and serialised
-    it: the DryRun's params are the API request (PascalCase), ready for the same boto3 call.
-    """
-    def handler(params, **_):
-        raise DryRun(operation, json.loads(params["body"]))
-
-    boto_session.events.register(f"before-call.sagemaker.{operation}", handler)
 
 
 def default_job_name() -> str:
     """`ic-YYMMDD-HHMMSS-xxxx`: unique per second and then some (tuning job names: <= 32 characters)."""
     return f"ic-{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-@contextlib.contextmanager
-def sending_nothing(boto_session: boto3.Session, operations: tuple[str, ...]):
-    """A dry run: the `operations` raise DryRun, and the SDK's role check (IAM calls) is off."""
-    for operation in operations:
-        intercept(boto_session, operation)
-    previous = os.environ.get(VALIDATE_ROLE_ENV)
-    os.environ[VALIDATE_ROLE_ENV] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[VALIDATE_ROLE_ENV]
-        else:
-            os.environ[VALIDATE_ROLE_ENV] = previous
-
-
-def parse_static(pairs: list[str]) -> dict[str, str]:
-    """`["freeze=none", "model=resnet18"]` → a dict. Raises: ValueError: a pair without `=`."""
-    static = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--hyperparameter takes KEY=VALUE, got {pair!r}")
-        static[key] = value
-    return static
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +71,7 @@ def make_tuner(args: argparse.Namespace, boto_session: boto3.Session):
     from sagemaker.train.model_trainer import ModelTrainer
     from sagemaker.train.tuner import HyperparameterTuner
 
-    ranges = search_space.search_space(args.include_model, open(args.ranges).read() if args.ranges else None)
+    ranges = search_space.search_space(args.include_model, Path(args.ranges).read_text() if args.ranges else None)
     sdk_ranges = {}
     for r in ranges:
         if isinstance(r, search_space.CategoricalRange):
