@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 42
     early_stopping_patience: int = 0  # stop after this many epochs without a better valid_accuracy; 0 = off
     amp: bool = True                  # mixed precision on a GPU (ignored on the CPU)
+    debug: bool = False               # smdebug hook with the common configuration, rules, debugger report
 
     @classmethod
     def field_names(cls) -> list[str]:

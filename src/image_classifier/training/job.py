@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from image_classifier import artifacts, models
+from image_classifier.debugging.hook import DebugHook
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import TrainingInterrupted, data
 from image_classifier.training.config import TrainConfig
@@ -189,10 +190,21 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         FileNotFoundError, ValueError: see `make_loaders`.
         models.PretrainedWeightsUnavailable: pretrained=true and no weights to be had.
         TrainingInterrupted: `should_stop()` turned true; a checkpoint was saved first.
+        debugging.hook.DebugUnavailable: debugging asked for and smdebug cannot provide it.
     """
     _seed_everything(config.seed)
     device, amp_dtype = _device_and_amp(config)
     logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
+    hook = DebugHook.create(env, config.debug)  # None unless asked for; fails here, not mid-job
+    try:
+        return _run(env, config, device, amp_dtype, hook, should_stop)
+    finally:
+        if hook:
+            hook.close()
+
+
+def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+         hook: DebugHook | None, should_stop: Callable[[], bool]) -> dict:
     class_names, loaders = make_loaders(env, config, pin_memory=device.type == "cuda")
 
     # model, loss, optimizer, schedule, and where a restarted job left off
@@ -205,19 +217,21 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
+    if hook:
+        hook.register(model, criterion, eval_criterion)
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * config.batch_size)
         _set_train_mode(model, config)
         train = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
-                                Meter(**state.meter), should_stop)
+                                Meter(**state.meter), should_stop, hook)
         if should_stop():
             state.step, state.meter = train.steps, train.state_dict()
             checkpointer.save(state, model, optimizer, scheduler, scaler)
             raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
-        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype)
+        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype, hook)
         scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
@@ -232,7 +246,7 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy}
     test = None
     if data.TEST in loaders:
-        metrics = evaluate(model, loaders[data.TEST], eval_criterion, device, amp_dtype)
+        metrics = evaluate(model, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict")
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
         logger.info(format_metrics(test))
         result.update(test)

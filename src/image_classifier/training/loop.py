@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # smdebug is imported only when debugging is asked for
+    from image_classifier.debugging.hook import DebugHook
 
 
 @dataclass
@@ -46,12 +49,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def forward(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module,
-            device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            device: torch.device, amp_dtype: torch.dtype | None,
+            hook: DebugHook | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Move a batch to `device` and compute (logits (N, classes), loss (), targets (N,)) there."""
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     with autocast(device, amp_dtype):
         logits = model(images)
+        if hook:
+            hook.record_batch(targets, logits)
         loss = criterion(logits.float(), targets)
     return logits, loss, targets
 
@@ -59,16 +65,19 @@ def forward(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, crite
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
-                    meter: Meter, should_stop: Callable[[], bool] = lambda: False) -> Meter:
+                    meter: Meter, should_stop: Callable[[], bool] = lambda: False,
+                    hook: DebugHook | None = None) -> Meter:
     """Train over `loader`'s batches of (images (N, 3, H, W) float32, targets (N,) int64).
 
     The model must already be in the right train/eval mode. Stops early, after a whole
     step, when `should_stop()` turns true (SIGTERM); `meter.steps` then says where.
     """
+    if hook:
+        hook.set_mode("train")
     start = time.perf_counter()
     for images, targets in loader:
         # compute output
-        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype)
+        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
 
         # compute gradient and do an optimizer step (the scaler is a no-op unless float16)
         optimizer.zero_grad(set_to_none=True)
@@ -86,13 +95,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
-             amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`."""
+             amp_dtype: torch.dtype | None, hook: DebugHook | None = None,
+             hook_mode: str = "eval") -> dict[str, float]:
+    """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`.
+
+    `hook_mode` is the smdebug mode of the pass: "eval" for validation, "predict" for the test channel.
+    """
     model.eval()
+    if hook:
+        hook.set_mode(hook_mode)
     meter = Meter()
     start = time.perf_counter()
     for images, targets in loader:
-        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype)
+        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
         meter.update(loss, logits, targets)
     meter.seconds = time.perf_counter() - start
     return meter.metrics()
