@@ -8,16 +8,11 @@ from botocore.stub import Stubber
 
 from image_classifier.launch import metrics, tune
 
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-train:abc1234"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-BASE = ["--image", IMAGE, "--role", ROLE, "--region", "us-east-1", "--data", "s3://ic-data/dogImages/",
-        "--output", "s3://ic-out/jobs"]
+from tests.launch.common import ROLE, TRAIN_IMAGE as IMAGE, TRAINING_ARGS as BASE, launch
 
 
 def run(capsys, *args) -> tuple[int, dict]:
-    code = tune.main([*BASE, *args])
-    out = capsys.readouterr().out
-    return code, json.loads(out[: out.rindex("}") + 1]) if code == 0 else {}
+    return launch(tune.main, capsys, *args)
 
 
 def describe(name: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -57,3 +58,14 @@ def parse_static(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--hyperparameter takes KEY=VALUE, got {pair!r}")
         static[key] = value
     return static
+
+
+def add_training_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every launcher that starts training jobs: image, role, region, channels, output."""
+    parser.add_argument("--image", required=True, help="training image URI in ECR")
+    parser.add_argument("--role", required=True, help="IAM role ARN the training jobs run as")
+    parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
+    parser.add_argument("--data", required=True, help="S3 prefix holding the train/, valid/ and test/ channels")
+    parser.add_argument("--output", required=True, help="S3 prefix for the model artifacts and outputs")
+    parser.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    parser.add_argument("--max-runtime", type=int, default=3600, help="seconds a training job may run")

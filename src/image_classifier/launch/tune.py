@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 
 from image_classifier.launch import metrics, search_space
-from image_classifier.launch.common import DryRun, parse_static, sending_nothing
+from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +36,11 @@ def default_job_name() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tune.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--image", required=True, help="training image URI in ECR")
-    parser.add_argument("--role", required=True, help="IAM role ARN the training jobs run as")
-    parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
-    parser.add_argument("--data", required=True, help="S3 prefix holding the train/, valid/ and test/ channels")
-    parser.add_argument("--output", required=True, help="S3 prefix for the model artifacts and outputs")
-    parser.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    add_training_job_arguments(parser)
     parser.add_argument("--objective", default="valid_accuracy", choices=tuple(metrics.OBJECTIVES))
     parser.add_argument("--strategy", default="Bayesian", choices=STRATEGIES)
     parser.add_argument("--max-jobs", type=int, default=8)
     parser.add_argument("--max-parallel-jobs", type=int, default=2)
-    parser.add_argument("--max-runtime", type=int, default=3600, help="seconds a training job may run")
     parser.add_argument("--include-model", action="store_true", help="tune the model too (all of the registry)")
     parser.add_argument("--ranges", default=None, help="JSON file of ranges that override or add to the defaults")
     parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,236 @@
+"""Start one SageMaker training job with debugging and profiling on (SageMaker SDK v3 `TrainingJob.create`).
+
+The job runs the training image with the given (or a tuning job's best) hyperparameters plus
+`debug=true profile=true`: the container's smdebug hook, the project's own rules and profiler,
+and the debugger and profiler reports in `output.tar.gz`, in any account. The request also
+carries the common `DebugHookConfig` (`debugging.hook.hook_config`, the one the container
+uses); `--builtin-rules` adds AWS's built-in rules and ProfilerReport, which run only in
+accounts that still have SageMaker Debugger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import boto3
+
+from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, TENSORS_DIR, hook_config
+from image_classifier.launch import metrics
+from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
+from image_classifier.launch.tune import CHANNELS, default_job_name
+from image_classifier.launch.upload import parse_s3_uri
+
+logger = logging.getLogger(__name__)
+
+CREATE_OPERATION = "CreateTrainingJob"
+TERMINAL = ("Completed", "Failed", "Stopped")
+CONTAINER_TENSORS = "/opt/ml/output/tensors"  # smdebug's LocalPath on SageMaker
+DEBUG_HYPERPARAMETERS = {"debug": "true", "profile": "true"}
+# AWS's built-in rules, by the names of their configurations in smdebug_rulesconfig
+BUILTIN_RULES = ("vanishing_gradient", "overfit", "overtraining", "poor_weight_initialization")
+PROFILER_INTERVAL_MS = 500
+REPORT_FOLDERS = (DEBUG_OUTPUT_DIR, "profiler")  # in output.tar.gz; tensors are left out of --download
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_debug.py", description=__doc__.splitlines()[0])
+    add_training_job_arguments(parser)
+    parser.add_argument("--best", default=None, metavar="JSON",
+                        help="start from the hyperparameters in a tune.py best_hyperparameters.json")
+    parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyperparameter, over --best's (repeatable)")
+    parser.add_argument("--builtin-rules", action="store_true",
+                        help="also AWS's built-in rules (%s) and ProfilerReport" % ", ".join(BUILTIN_RULES))
+    parser.add_argument("--job-name", default=None, help="training job name (default: ic-<time>-<random>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
+                        help="wait for the job, showing its status")
+    parser.add_argument("--download", default=None, metavar="DIR",
+                        help="with --wait: download the reports into DIR once the job ends")
+    return parser
+
+
+def hyperparameters_of(args: argparse.Namespace) -> dict[str, str]:
+    """--best's hyperparameters, then --hyperparameter pairs, then debug=true and profile=true.
+
+    Raises:
+        ValueError: --best is not a best_hyperparameters.json, or a pair has no `=`.
+    """
+    values: dict[str, str] = {}
+    if args.best:
+        best = json.loads(Path(args.best).read_text())
+        if not isinstance(best.get("hyperparameters"), dict):
+            raise ValueError(f"{args.best} has no \"hyperparameters\" object (write it with tune.py --wait)")
+        values.update({k: str(v) for k, v in best["hyperparameters"].items()})
+    values.update(parse_static(args.hyperparameter))
+    values.update(DEBUG_HYPERPARAMETERS)
+    return values
+
+
+def job_paths(output: str, job_name: str) -> dict[str, str]:
+    """Where a job's outputs land in S3, as SageMaker lays them out under `OutputDataConfig.S3OutputPath`."""
+    base = f"{output.rstrip('/')}/{job_name}"
+    return {"model": f"{base}/output/model.tar.gz", "output": f"{base}/output/output.tar.gz",
+            "tensors": f"{base}/debug-output", "builtin_rules": f"{base}/rule-output",
+            "profiler": f"{base}/profiler-output"}
+
+
+def training_job_request(args: argparse.Namespace, job_name: str, region: str) -> dict[str, Any]:
+    """The keyword arguments of `sagemaker.core.resources.TrainingJob.create` (shapes) for `args`."""
+    from sagemaker.core.debugger import ProfilerRule, Rule, get_rule_container_image_uri, rule_configs
+    from sagemaker.core.shapes import (AlgorithmSpecification, Channel, CollectionConfiguration, DataSource,
+                                       DebugHookConfig, DebugRuleConfiguration, MetricDefinition, OutputDataConfig,
+                                       ProfilerConfig, ProfilerRuleConfiguration, ResourceConfig, S3DataSource,
+                                       StoppingCondition)
+
+    data, output = args.data.rstrip("/"), args.output.rstrip("/")
+    paths = job_paths(output, job_name)
+    hook = hook_config(CONTAINER_TENSORS, paths["tensors"])
+    request: dict[str, Any] = dict(
+        training_job_name=job_name, role_arn=args.role, hyper_parameters=hyperparameters_of(args),
+        algorithm_specification=AlgorithmSpecification(
+            training_image=args.image, training_input_mode="File",
+            metric_definitions=[MetricDefinition(name=d["Name"], regex=d["Regex"])
+                                for d in metrics.metric_definitions()]),
+        input_data_config=[Channel(channel_name=c, data_source=DataSource(s3_data_source=S3DataSource(
+            s3_data_type="S3Prefix", s3_uri=f"{data}/{c}", s3_data_distribution_type="FullyReplicated")))
+            for c in CHANNELS],
+        output_data_config=OutputDataConfig(s3_output_path=output),
+        resource_config=ResourceConfig(instance_type=args.instance_type, instance_count=1, volume_size_in_gb=50),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=args.max_runtime),
+        debug_hook_config=DebugHookConfig(
+            local_path=hook["LocalPath"], s3_output_path=hook["S3OutputPath"], hook_parameters=hook["HookParameters"],
+            collection_configurations=[
+                CollectionConfiguration(collection_name=c["CollectionName"],
+                                        collection_parameters=c["CollectionParameters"])
+                for c in hook["CollectionConfigurations"]]))
+    if args.builtin_rules:
+        image = get_rule_container_image_uri(None, region)
+        rules = [Rule.sagemaker(getattr(rule_configs, name)()).to_debugger_rule_config_dict()
+                 for name in BUILTIN_RULES]
+        request["debug_rule_configurations"] = [
+            DebugRuleConfiguration(rule_configuration_name=r["RuleConfigurationName"], rule_evaluator_image=image,
+                                   rule_parameters=r["RuleParameters"]) for r in rules]
+        report = ProfilerRule.sagemaker(rule_configs.ProfilerReport()).to_profiler_rule_config_dict()
+        request["profiler_config"] = ProfilerConfig(
+            s3_output_path=output, profiling_interval_in_milliseconds=PROFILER_INTERVAL_MS)
+        request["profiler_rule_configurations"] = [ProfilerRuleConfiguration(
+            rule_configuration_name=report["RuleConfigurationName"], rule_evaluator_image=image,
+            rule_parameters=report["RuleParameters"])]
+    return request
+
+
+def start(args: argparse.Namespace) -> dict[str, Any]:
+    """Create the training job (or, with --dry-run, only build its request).
+
+    Returns:
+        `{"TrainingJobName": ..., "outputs": {...}}`, or the API request on a dry run.
+    """
+    from sagemaker.core.resources import TrainingJob
+
+    boto_session = boto3.Session(region_name=args.region)
+    region = boto_session.region_name
+    job_name = args.job_name or default_job_name()
+    request = training_job_request(args, job_name, region)
+    if args.dry_run:
+        with sending_nothing(boto_session, (CREATE_OPERATION,)):
+            try:
+                TrainingJob.create(**request, session=boto_session, region=region)
+            except DryRun as dry_run:
+                return dry_run.params
+        raise RuntimeError(f"dry run: the SDK made no {CREATE_OPERATION} request")
+    TrainingJob.create(**request, session=boto_session, region=region)
+    return {"TrainingJobName": job_name, "outputs": where_outputs_land(args.output, job_name, args.builtin_rules)}
+
+
+def where_outputs_land(output: str, job_name: str, builtin_rules: bool) -> dict[str, str]:
+    """The S3 places a user looks at after the job, for the printout."""
+    paths = job_paths(output, job_name)
+    places = {
+        "model artifacts": paths["model"],
+        "debugger and profiler reports": f"{paths['output']} ({DEBUG_OUTPUT_DIR}/, profiler/)",
+        "tensors": f"{paths['output']} ({DEBUG_OUTPUT_DIR}/{TENSORS_DIR}/); with SageMaker Debugger also "
+                   f"{paths['tensors']}",
+    }
+    if builtin_rules:
+        places["built-in rules' output"] = paths["builtin_rules"]
+        places["ProfilerReport"] = f"{paths['builtin_rules']}/ProfilerReport/profiler-output/"
+    return places
+
+
+def wait(sm_client, name: str, poll_seconds: float = 30.0) -> dict[str, Any]:
+    """Poll the training job, showing its (secondary) status, until it ends; return its description."""
+    from tqdm import tqdm
+
+    with tqdm(desc=name, bar_format="{desc}: {postfix} [{elapsed}]") as bar:
+        while True:
+            job = sm_client.describe_training_job(TrainingJobName=name)
+            bar.set_postfix(status=job["TrainingJobStatus"], stage=job.get("SecondaryStatus"))
+            if job["TrainingJobStatus"] in TERMINAL:
+                return job
+            time.sleep(poll_seconds)
+
+
+def download_reports(s3_client, output: str, job_name: str, directory: Path) -> list[Path]:
+    """Fetch the job's reports into `directory`: output.tar.gz's report folders (not the tensors)
+    and whatever the built-in rules wrote. Returns the files written.
+
+    Raises:
+        botocore.exceptions.ClientError: output.tar.gz is not there (the job did not end).
+    """
+    paths = job_paths(output, job_name)
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "output.tar.gz"
+    bucket, key = parse_s3_uri(paths["output"])
+    s3_client.download_file(bucket, key, str(archive))
+    written = []
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and _is_report(m.name)]
+        tar.extractall(directory, members=members, filter="data")  # "data": no absolute paths, links, ..
+        written += [directory / m.name for m in members]
+    archive.unlink()
+    bucket, prefix = parse_s3_uri(paths["builtin_rules"])
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            relative = PurePosixPath(obj["Key"]).relative_to(PurePosixPath(prefix).parent)
+            if ".." in relative.parts:
+                continue
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3_client.download_file(bucket, obj["Key"], str(target))
+            written.append(target)
+    return sorted(written)
+
+
+def _is_report(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return bool(parts) and parts[0] in REPORT_FOLDERS and TENSORS_DIR not in parts[1:2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = start(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    if args.dry_run or not args.wait:
+        return 0
+    boto_session = boto3.Session(region_name=args.region)
+    job = wait(boto_session.client("sagemaker"), result["TrainingJobName"])
+    print(f"training job {job['TrainingJobName']}: {job['TrainingJobStatus']}"
+          + (f" ({job['FailureReason']})" if job.get("FailureReason") else ""))
+    if args.download:
+        files = download_reports(boto_session.client("s3"), args.output, result["TrainingJobName"],
+                                 Path(args.download))
+        print("\n".join(str(f) for f in files))
+    return 0 if job["TrainingJobStatus"] == "Completed" else 1

@@ -1,0 +1,18 @@
+"""What the launcher tests share: a training image, a role, and the arguments of a training job."""
+
+import json
+
+TRAIN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-train:abc1234"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+TRAINING_ARGS = ["--image", TRAIN_IMAGE, "--role", ROLE, "--region", "us-east-1",
+                 "--data", "s3://ic-data/dogImages/", "--output", "s3://ic-out/jobs/"]
+
+
+def launch(main, capsys, *args) -> tuple[int, dict]:
+    """Run a launcher's `main` with TRAINING_ARGS and `args`; (exit code, the JSON it printed)."""
+    code = main([*TRAINING_ARGS, *args])
+    out = capsys.readouterr().out
+    if code != 0:
+        return code, {}
+    start = out.index("{\n")  # after any log line (smdebug logs to stdout when imported)
+    return code, json.loads(out[start: out.index("\n}", start) + 2])
