@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from image_classifier.debugging.rules import RULE_NAMES
 from image_classifier.models import MODEL_NAMES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -45,6 +46,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # stop after this many epochs without a better valid_accuracy; 0 = off
     amp: bool = True                  # mixed precision on a GPU (ignored on the CPU)
     debug: bool = False               # smdebug hook with the common configuration, rules, debugger report
+    debug_stop_on: str = ""           # comma-separated rules that stop training when they fire; implies debug
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -109,6 +111,15 @@ class TrainConfig:
         check(0 <= self.hflip_prob <= 1, "hflip-prob", "in [0, 1]")
         check(self.num_workers >= -1, "num-workers", ">= 0, or -1 for automatic")
         check(self.early_stopping_patience >= 0, "early-stopping-patience", ">= 0")
+        known = {n.lower() for n in RULE_NAMES}
+        check(all(n.strip().lower() in known for n in self.debug_stop_on.split(",") if n.strip()),
+              "debug-stop-on", f"a comma-separated list of {', '.join(RULE_NAMES)}")
+
+    @property
+    def stop_on_rules(self) -> tuple[str, ...]:
+        """`debug-stop-on` as rule names (case as AWS writes them)."""
+        wanted = {n.strip().lower() for n in self.debug_stop_on.split(",") if n.strip()}
+        return tuple(n for n in RULE_NAMES if n.lower() in wanted)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values, keyed like hyperparameters.json."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from image_classifier import artifacts, models
-from image_classifier.debugging.hook import DebugHook
+from image_classifier.debugging.debugger import Debugger
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import TrainingInterrupted, data
 from image_classifier.training.config import TrainConfig
@@ -195,16 +195,18 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     _seed_everything(config.seed)
     device, amp_dtype = _device_and_amp(config)
     logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
-    hook = DebugHook.create(env, config.debug)  # None unless asked for; fails here, not mid-job
+    # None unless asked for; fails here, not mid-job
+    debugger = Debugger.create(env, config.debug or bool(config.stop_on_rules), config.stop_on_rules)
     try:
-        return _run(env, config, device, amp_dtype, hook, should_stop)
+        return _run(env, config, device, amp_dtype, debugger, should_stop)
     finally:
-        if hook:
-            hook.close()
+        if debugger:
+            debugger.close()
 
 
 def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-         hook: DebugHook | None, should_stop: Callable[[], bool]) -> dict:
+         debugger: Debugger | None, should_stop: Callable[[], bool]) -> dict:
+    hook = debugger.hook if debugger else None
     class_names, loaders = make_loaders(env, config, pin_memory=device.type == "cuda")
 
     # model, loss, optimizer, schedule, and where a restarted job left off
@@ -239,6 +241,9 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
         _write_metrics(env, state, None)
         if config.early_stopping_patience and state.epochs_without_improvement >= config.early_stopping_patience:
             logger.info("early stopping: no better valid_accuracy for %d epochs", state.epochs_without_improvement)
+            break
+        if debugger and (fired := debugger.end_epoch(epoch)):
+            logger.info("stopping training after epoch %d: rule(s) %s fired (debug-stop-on)", epoch, ", ".join(fired))
             break
 
     # the best weights are the model: test them, then write the artifacts

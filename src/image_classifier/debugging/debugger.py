@@ -1,0 +1,85 @@
+"""What debugging adds to a training job: the hook, the rules after every epoch, their results at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from image_classifier import artifacts
+from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
+from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table
+from image_classifier.sagemaker_env import SageMakerEnv
+
+logger = logging.getLogger(__name__)
+
+RULES_DIR = "rules"                # output/data/debug/rules/<Rule>.json, as AWS's rule containers write them
+RULES_SUMMARY = "rules.json"       # every rule's result in one file
+
+
+class Debugger:
+    """The smdebug hook of the job and the project's rules evaluated on what it saves."""
+
+    def __init__(self, hook: DebugHook, env: SageMakerEnv, stop_on: tuple[str, ...] = ()):
+        self.hook, self.stop_on = hook, stop_on
+        self.directory = env.output_data_dir / DEBUG_OUTPUT_DIR
+        self._rules: RuleSet | None = None
+        self._reported: set[str] = set()
+
+    @classmethod
+    def create(cls, env: SageMakerEnv, debug: bool, stop_on: tuple[str, ...] = ()) -> "Debugger | None":
+        """The job's debugger, or None when neither `debug` nor SageMaker's hook file asks for one.
+
+        Raises:
+            hook.DebugUnavailable: asked for, and smdebug cannot provide it.
+        """
+        hook = DebugHook.create(env, debug)
+        return cls(hook, env, stop_on) if hook else None
+
+    def _rule_set(self) -> RuleSet | None:
+        if self._rules is None and self.hook.out_dir.is_dir():
+            from smdebug.trials import create_trial
+
+            self._rules = RuleSet(create_trial(str(self.hook.out_dir)), RULE_NAMES)
+        return self._rules
+
+    def evaluate(self) -> list[RuleResult]:
+        """Run the rules on the steps saved so far and write their results; returns them."""
+        self.hook.flush()
+        rules = self._rule_set()
+        if rules is None:
+            return []
+        results = list(rules.evaluate().values())
+        self._write(results)
+        return results
+
+    def end_epoch(self, epoch: int) -> list[str]:
+        """Evaluate the rules after an epoch; the `stop_on` rules that fired (then training stops)."""
+        results = self.evaluate()
+        fired = [r.rule for r in results if r.status == ISSUES]
+        new = [r for r in results if r.status == ISSUES and r.rule not in self._reported]
+        for result in new:
+            logger.warning("rule %s fired at step %s: %s", result.rule, result.step, result.details[0])
+        self._reported.update(r.rule for r in new)
+        return [name for name in fired if name in self.stop_on]
+
+    def close(self) -> list[RuleResult]:
+        """Final evaluation, the rules table in the log, then the hook closed and its tensors copied."""
+        try:
+            results = self.evaluate()
+            if results:
+                logger.info("debugger rules:\n%s", format_table(results))
+            return results
+        finally:
+            self.hook.close()
+
+    def _write(self, results: list[RuleResult]) -> None:
+        folder = self.directory / RULES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            _write_json(folder / f"{result.rule}.json", result.aws_json())
+        _write_json(self.directory / RULES_SUMMARY, [r.to_dict() for r in results])
+
+
+def _write_json(path: Path, value) -> None:
+    artifacts.atomic_write_bytes(path, json.dumps(value, indent=2, default=str).encode())
