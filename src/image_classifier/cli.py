@@ -1,4 +1,4 @@
-"""The `image-classifier` command: prepare-data, predict, demo."""
+"""The `image-classifier` command: prepare-data, download-weights, predict, demo, report."""
 
 from __future__ import annotations
 
@@ -97,6 +97,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(data_dir=args.data, base_dir=args.base_dir, port=args.port)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from image_classifier.reports import main as rebuild_reports
+
+    return rebuild_reports(args.source, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the /opt_ml layout to run in (default: ./local/opt_ml)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("report", help="rebuild a training job's debugger and profiler reports and print the rules")
+    p.add_argument("source", help="the job's output: a folder (output/data), an output.tar.gz, "
+                                  "or s3://.../output.tar.gz or s3://BUCKET/PREFIX/JOB/")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the reports go (default: the folder itself, else ./reports)")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from image_classifier.debugging.debugger import RULES_DIR, RULES_SUMMARY
+from image_classifier.debugging.rules import RULES_DIR, RULES_SUMMARY
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR
 from image_classifier.debugging.rules import RULE_NAMES
 from image_classifier.training.config import TrainConfig

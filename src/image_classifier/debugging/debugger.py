@@ -6,15 +6,12 @@ import json
 import logging
 from pathlib import Path
 
-from image_classifier import artifacts
+from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
-from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table
+from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
 
 logger = logging.getLogger(__name__)
-
-RULES_DIR = "rules"                # output/data/debug/rules/<Rule>.json, as AWS's rule containers write them
-RULES_SUMMARY = "rules.json"       # every rule's result in one file
 
 
 class Debugger:
@@ -23,6 +20,7 @@ class Debugger:
     def __init__(self, hook: DebugHook, env: SageMakerEnv, stop_on: tuple[str, ...] = ()):
         self.hook, self.stop_on = hook, stop_on
         self.directory = env.output_data_dir / DEBUG_OUTPUT_DIR
+        self.metrics_path = env.output_data_dir / "metrics.json"  # training.job.METRICS_FILE
         self._rules: RuleSet | None = None
         self._reported: set[str] = set()
 
@@ -50,7 +48,7 @@ class Debugger:
         if rules is None:
             return []
         results = list(rules.evaluate().values())
-        self._write(results)
+        write_results(self.directory, results)
         return results
 
     def end_epoch(self, epoch: int) -> list[str]:
@@ -64,22 +62,22 @@ class Debugger:
         return [name for name in fired if name in self.stop_on]
 
     def close(self) -> list[RuleResult]:
-        """Final evaluation, the rules table in the log, then the hook closed and its tensors copied."""
+        """Final evaluation and the rules table in the log; the hook closed (its tensors copied
+        under output/data/debug); then the debugger report."""
         try:
             results = self.evaluate()
             if results:
                 logger.info("debugger rules:\n%s", format_table(results))
-            return results
         finally:
             self.hook.close()
+        if self._rules is not None:
+            try:
+                path = report.write(self.directory, self._rules.trial, results, _epochs(self.metrics_path))
+                logger.info("debugger report: %s", path)
+            except Exception:  # the report is a view of the job's results, not a reason to fail it
+                logger.exception("the debugger report could not be written")
+        return results
 
-    def _write(self, results: list[RuleResult]) -> None:
-        folder = self.directory / RULES_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        for result in results:
-            _write_json(folder / f"{result.rule}.json", result.aws_json())
-        _write_json(self.directory / RULES_SUMMARY, [r.to_dict() for r in results])
 
-
-def _write_json(path: Path, value) -> None:
-    artifacts.atomic_write_bytes(path, json.dumps(value, indent=2, default=str).encode())
+def _epochs(metrics_path: Path) -> list[dict]:
+    return json.loads(metrics_path.read_text()).get("epochs", []) if metrics_path.is_file() else []

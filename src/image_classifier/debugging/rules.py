@@ -13,9 +13,11 @@ epoch over the steps saved since (which is also the end of training).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 NO_ISSUES, ISSUES, ERROR, NOT_APPLICABLE = "NoIssuesFound", "IssuesFound", "Error", "NotApplicable"
+RULES_DIR = "rules"           # <Rule>.json in it, as AWS's rule containers write them
+RULES_SUMMARY = "rules.json"  # every rule's RuleResult in one file
 
 
 @dataclass
@@ -558,3 +562,21 @@ def format_table(results: Iterable[RuleResult]) -> str:
         step = "" if r.step is None else r.step
         rows.append(f"{r.rule:<26} {r.status:<14} {step:>6} {r.violations:>10}  {detail}")
     return "\n".join(rows)
+
+
+def write_results(directory: Path, results: Iterable[RuleResult]) -> None:
+    """`directory/rules/<Rule>.json` (AWS's shape) and `directory/rules.json` (every RuleResult)."""
+    from image_classifier import artifacts
+
+    results = list(results)
+    for result in results:
+        artifacts.atomic_write_bytes(directory / RULES_DIR / f"{result.rule}.json",
+                                     json.dumps(result.aws_json(), indent=2, default=str).encode())
+    artifacts.atomic_write_bytes(directory / RULES_SUMMARY,
+                                 json.dumps([r.to_dict() for r in results], indent=2, default=str).encode())
+
+
+def read_results(directory: Path) -> list[RuleResult]:
+    """The RuleResults `write_results` wrote in `directory`, or [] when there are none."""
+    path = directory / RULES_SUMMARY
+    return [RuleResult(**r) for r in json.loads(path.read_text())] if path.is_file() else []

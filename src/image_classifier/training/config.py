@@ -47,6 +47,7 @@ class TrainConfig:
     amp: bool = True                  # mixed precision on a GPU (ignored on the CPU)
     debug: bool = False               # smdebug hook with the common configuration, rules, debugger report
     debug_stop_on: str = ""           # comma-separated rules that stop training when they fire; implies debug
+    profile: bool = False             # system monitor, step timing, torch.profiler, profiler rules and report
 
     @classmethod
     def field_names(cls) -> list[str]:

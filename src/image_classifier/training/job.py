@@ -15,6 +15,8 @@ from torch import nn
 
 from image_classifier import artifacts, models
 from image_classifier.debugging.debugger import Debugger
+from image_classifier.profiling.profiler import Profiler
+from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import TrainingInterrupted, data
 from image_classifier.training.config import TrainConfig
@@ -195,17 +197,22 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     _seed_everything(config.seed)
     device, amp_dtype = _device_and_amp(config)
     logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
-    # None unless asked for; fails here, not mid-job
+    # None unless asked for; they fail here, not mid-job
     debugger = Debugger.create(env, config.debug or bool(config.stop_on_rules), config.stop_on_rules)
+    profiler = Profiler.create(env, config.profile, device, _num_workers(config))
     try:
-        return _run(env, config, device, amp_dtype, debugger, should_stop)
+        if profiler:
+            profiler.start()
+        return _run(env, config, device, amp_dtype, debugger, profiler.timer if profiler else NO_TIMER, should_stop)
     finally:
+        if profiler:
+            profiler.close()
         if debugger:
             debugger.close()
 
 
 def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-         debugger: Debugger | None, should_stop: Callable[[], bool]) -> dict:
+         debugger: Debugger | None, timer: NoTimer, should_stop: Callable[[], bool]) -> dict:
     hook = debugger.hook if debugger else None
     class_names, loaders = make_loaders(env, config, pin_memory=device.type == "cuda")
 
@@ -227,13 +234,13 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
         loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * config.batch_size)
         _set_train_mode(model, config)
         train = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
-                                Meter(**state.meter), should_stop, hook)
+                                Meter(**state.meter), should_stop, hook, timer)
         if should_stop():
             state.step, state.meter = train.steps, train.state_dict()
             checkpointer.save(state, model, optimizer, scheduler, scaler)
             raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
-        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype, hook)
+        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer)
         scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import nn
 
+from image_classifier.profiling.steps import NO_TIMER, NoTimer
+
 if TYPE_CHECKING:  # smdebug is imported only when debugging is asked for
     from image_classifier.debugging.hook import DebugHook
 
@@ -66,27 +68,33 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
                     meter: Meter, should_stop: Callable[[], bool] = lambda: False,
-                    hook: DebugHook | None = None) -> Meter:
+                    hook: DebugHook | None = None, timer: NoTimer = NO_TIMER) -> Meter:
     """Train over `loader`'s batches of (images (N, 3, H, W) float32, targets (N,) int64).
 
     The model must already be in the right train/eval mode. Stops early, after a whole
     step, when `should_stop()` turns true (SIGTERM); `meter.steps` then says where.
+    `hook` (smdebug) and `timer` (profile=true) watch; by default they do nothing.
     """
     if hook:
         hook.set_mode("train")
+    timer.set_mode("train")
     start = time.perf_counter()
-    for images, targets in loader:
+    for images, targets in timer.iterate(loader):
         # compute output
-        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
+        with timer.phase("forward"):
+            logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
 
         # compute gradient and do an optimizer step (the scaler is a no-op unless float16)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        with timer.phase("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+        with timer.phase("optimizer"):
+            scaler.step(optimizer)
+            scaler.update()
 
         # measure accuracy and record loss
         meter.update(loss.detach(), logits.detach(), targets)
+        timer.end_step()
         if should_stop():
             break
     meter.seconds += time.perf_counter() - start
@@ -96,7 +104,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
              amp_dtype: torch.dtype | None, hook: DebugHook | None = None,
-             hook_mode: str = "eval") -> dict[str, float]:
+             hook_mode: str = "eval", timer: NoTimer = NO_TIMER) -> dict[str, float]:
     """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`.
 
     `hook_mode` is the smdebug mode of the pass: "eval" for validation, "predict" for the test channel.
@@ -104,10 +112,13 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
     model.eval()
     if hook:
         hook.set_mode(hook_mode)
+    timer.set_mode("eval")
     meter = Meter()
     start = time.perf_counter()
-    for images, targets in loader:
-        logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
+    for images, targets in timer.iterate(loader):
+        with timer.phase("forward"):
+            logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
         meter.update(loss, logits, targets)
+        timer.end_step()
     meter.seconds = time.perf_counter() - start
     return meter.metrics()

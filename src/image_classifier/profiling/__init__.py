@@ -1,0 +1,1 @@
+"""Profiling without SageMaker Debugger: a system monitor, step timing, torch.profiler, the ProfilerReport rules."""
