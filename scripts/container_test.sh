@@ -4,7 +4,8 @@
 # where no Docker engine runs) with docker compose (or podman-compose). Checks that training
 # wrote the model artifacts and no failure file, that the server answers a real photo, and
 # that `docker run IMAGE train` fails with a failure file on a bad hyperparameter and that
-# `docker stop` makes the job save a checkpoint (SIGTERM reaches it). Tears the
+# `docker stop` makes the job save a checkpoint (SIGTERM reaches it), and that a job with
+# debug=true profile=true writes both reports (smdebug and the rest work in the image). Tears the
 # containers down; the images and their build cache stay. Clears ./local/opt_ml first.
 # Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
 set -euo pipefail
@@ -87,6 +88,18 @@ code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$container")
 grep -q SIGTERM "$work/stop/output/failure" || fail "no SIGTERM reason in output/failure"
 echo "stopped: $(cat "$work/stop/output/failure")"
 
-echo "== 7. tear down"
+echo "== 7. a training job with debug=true profile=true in the training image: both reports"
+mkdir -p "$work/debug/input/config"
+echo '{"model": "resnet18", "pretrained": "false", "freeze": "none", "epochs": "1", "image-size": "32", "num-workers": "0", "debug": "true", "profile": "true"}' \
+  > "$work/debug/input/config/hyperparameters.json"
+"$ENGINE" run --rm -v "$work/debug:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train \
+  > "$work/debug.log" 2>&1 || fail "the debug training job failed: $(tail -20 "$work/debug.log")"
+for report in debug/debugger-report.html profiler/profiler-report.html debug/rules/Overfit.json profiler/rules/StepOutlier.json; do
+  [ -s "$work/debug/output/data/$report" ] || fail "the debug training job wrote no $report"
+done
+grep -q "debugger rules:" "$work/debug.log" && grep -q "profiler rules:" "$work/debug.log" \
+  || fail "no rules tables in the debug training job's log"
+
+echo "== 8. tear down"
 "${COMPOSE[@]}" down
 echo "container test passed"

@@ -45,3 +45,19 @@ def test_debug_stop_on_names_known_rules(value):
 def test_debug_stop_on_is_case_insensitive():
     config = TrainConfig.from_hyperparameters({"debug-stop-on": "overfit, DEADRELU"})
     assert config.stop_on_rules == ("Overfit", "DeadRelu")
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_hook_without_evaluating(opt_ml):
+    """After SIGTERM SageMaker kills the job soon: the hook is closed (tensors kept), rules and reports skipped."""
+    import signal
+
+    from tests.training.test_job import signal_after_epoch
+
+    env = opt_ml(epochs=20, debug=True, profile=True)
+    code, log = signal_after_epoch(env, signal.SIGTERM)
+    assert code == 143, log[-3000:]
+    debug = env.output_data_dir / DEBUG_OUTPUT_DIR
+    assert (debug / "tensors").is_dir()
+    assert "debugger rules:" not in log and "profiler rules:" not in log
+    assert not (debug / "debugger-report.html").exists()

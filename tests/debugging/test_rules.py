@@ -136,11 +136,17 @@ def test_zero_gradients(tmp_path):
 
 
 def test_flat_loss(tmp_path):
-    results = evaluate(write_trial(tmp_path, lr=0.0), ["LossNotDecreasing", "Overtraining"])
+    results = evaluate(write_trial(tmp_path, lr=0.0, epochs=7), ["LossNotDecreasing", "Overtraining"])
     # 10-step means compared every 10 training steps: the first comparison is at training step 19
     assert results["LossNotDecreasing"].status == ISSUES and results["LossNotDecreasing"].step == 22
-    assert results["Overtraining"].status == ISSUES
-    assert results["Overtraining"].step == 5  # 5 training steps without a better loss, from step 0's
+    # training passes end at the first validation step of each epoch (10, 23, 36, ...): the first
+    # pass sets the best, the 6th (ending at step 75) is the 5th without a better mean
+    assert results["Overtraining"].status == ISSUES and results["Overtraining"].step == 75
+
+
+def test_overtraining_does_not_fire_while_the_loss_improves(tmp_path):
+    result = evaluate(write_trial(tmp_path, lr=0.05, epochs=7), ["Overtraining"])["Overtraining"]
+    assert result.status == NO_ISSUES, result.details
 
 
 def test_loss_decreasing_does_not_fire(tmp_path):

@@ -1,6 +1,8 @@
 """What the launcher tests share: a training image, a role, and the arguments of a training job."""
 
+import io
 import json
+import tarfile
 
 TRAIN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-train:abc1234"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -16,3 +18,14 @@ def launch(main, capsys, *args) -> tuple[int, dict]:
         return code, {}
     start = out.index("{\n")  # after any log line (smdebug logs to stdout when imported)
     return code, json.loads(out[start: out.index("\n}", start) + 2])
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A .tar.gz holding `files` (name → content), as SageMaker packs output.tar.gz."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()

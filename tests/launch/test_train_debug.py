@@ -1,8 +1,6 @@
 """scripts/train_debug.py against moto_server: the training job the emulator received, dry runs, downloads."""
 
-import io
 import json
-import tarfile
 
 import boto3
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from image_classifier.debugging.hook import HOOK_CONFIG_FILE, hook_config
 from image_classifier.launch import metrics, train_debug
 
-from tests.launch.common import ROLE, TRAIN_IMAGE as IMAGE, TRAINING_ARGS as BASE, launch
+from tests.launch.common import ROLE, TRAIN_IMAGE as IMAGE, TRAINING_ARGS as BASE, launch, tar_gz
 
 
 def run(capsys, *args) -> tuple[int, dict]:
@@ -87,23 +85,13 @@ def test_bad_best_file(aws, capsys, tmp_path):
     assert "has no \"hyperparameters\" object" in capsys.readouterr().err
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
-
 def test_wait_then_download_the_reports(aws, capsys, tmp_path, monkeypatch):
     """moto ends every training job at once ("Completed") and writes no outputs: the test puts
     them where SageMaker would, then checks what --download fetched."""
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="ic-out")
     job = "ic-debug-wait"
-    s3.put_object(Bucket="ic-out", Key=f"jobs/{job}/output/output.tar.gz", Body=_tar({
+    s3.put_object(Bucket="ic-out", Key=f"jobs/{job}/output/output.tar.gz", Body=tar_gz({
         "metrics.json": b"{}", "debug/debugger-report.html": b"<html>", "debug/rules/Overfit.json": b"{}",
         "debug/tensors/index/000000000/000000000000_worker_0.json": b"{}", "profiler/profiler-report.html": b"<html>"}))
     s3.put_object(Bucket="ic-out", Key=f"jobs/{job}/rule-output/ProfilerReport/profiler-output/profiler-report.html",

@@ -61,16 +61,19 @@ class Debugger:
         self._reported.update(r.rule for r in new)
         return [name for name in fired if name in self.stop_on]
 
-    def close(self) -> list[RuleResult]:
+    def close(self, evaluate: bool = True) -> list[RuleResult]:
         """Final evaluation and the rules table in the log; the hook closed (its tensors copied
-        under output/data/debug); then the debugger report."""
+        under output/data/debug); then the debugger report. With `evaluate` false (a job
+        stopped by SIGTERM) only the hook is closed."""
+        results: list[RuleResult] = []
         try:
-            results = self.evaluate()
+            if evaluate:
+                results = self.evaluate()
             if results:
                 logger.info("debugger rules:\n%s", format_table(results))
         finally:
             self.hook.close()
-        if self._rules is not None:
+        if self._rules is not None and evaluate:
             try:
                 path = report.write(self.directory, self._rules.trial, results, _epochs(self.metrics_path))
                 logger.info("debugger report: %s", path)

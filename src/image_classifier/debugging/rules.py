@@ -260,12 +260,15 @@ def make_rule_classes() -> dict[str, type]:
     class Overtraining(ProjectRule):
         """Fires when training or validation loss has stopped improving.
 
-        AWS defaults: patience_train 5, patience_validation 10, delta 0.01 ("the minimum
-        threshold by how much the error should improve before it is considered as a new
-        optimum"). Chosen: counted in saved steps of each mode (training and validation losses
-        are saved every step), a new optimum being a loss below the best so far by more than
-        `delta`; it fires when `patience_train` training steps, or `patience_validation`
-        validation steps, pass without one.
+        AWS defaults: patience_train 5, patience_validation 10 ("the number of steps to wait
+        before the ... loss is considered to not to be improving anymore"), delta 0.01 ("the
+        minimum threshold by how much the error should improve before it is considered as a
+        new optimum"). AWS counts saved steps, with losses saved every 500 steps by its rule
+        configuration; this project saves the loss of every batch, whose noise alone would
+        fire the rule. Chosen: the datapoints are passes, the mean loss of each run of
+        training steps between validations and of each validation pass (as early stopping
+        counts epochs); it fires when `patience_train` training passes, or
+        `patience_validation` validation passes, bring no mean below the best by `delta`.
         """
 
         defaults = {"patience_train": 5, "patience_validation": 10, "delta": 0.01}
@@ -275,20 +278,35 @@ def make_rule_classes() -> dict[str, type]:
             super().__init__(trial, **parameters)
             self.best = {"TRAIN": float("inf"), "EVAL": float("inf")}
             self.waited = {"TRAIN": 0, "EVAL": 0}
+            self.mode, self.pass_losses = None, []
 
         def invoke_at_step(self, step):
             mode = self.mode_of(step).name
+            fired = mode != self.mode and self.end_pass(step)
+            if mode != self.mode:
+                self.mode, self.pass_losses = mode, []
             loss = self.loss_at(step)
-            if mode not in self.best or loss is None:
+            if loss is not None:
+                self.pass_losses.append(loss)
+            return fired
+
+        def end_pass(self, step) -> bool:
+            mode, losses = self.mode, self.pass_losses
+            self.pass_losses = []
+            if mode not in self.best or not losses:
                 return False
-            if loss < self.best[mode] - self.params["delta"]:
-                self.best[mode], self.waited[mode] = loss, 0
+            mean = float(np.mean(losses))
+            if mean < self.best[mode] - self.params["delta"]:
+                self.best[mode], self.waited[mode] = mean, 0
                 return False
             self.waited[mode] += 1
             patience = self.params["patience_train" if mode == "TRAIN" else "patience_validation"]
             return self.waited[mode] >= patience and self.fire(
                 step, f"{'training' if mode == 'TRAIN' else 'validation'} loss has not improved by "
-                      f"{self.params['delta']} for {self.waited[mode]} steps (best {self.best[mode]:.4g})")
+                      f"{self.params['delta']} for {self.waited[mode]} passes (best mean {self.best[mode]:.4g})")
+
+        def finish(self, step) -> bool:
+            return self.end_pass(step)
 
     class PoorWeightInitialization(ProjectRule):
         """Fires on badly scaled initial weights, judged in the first `steps` training steps.

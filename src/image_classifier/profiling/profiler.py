@@ -51,10 +51,13 @@ class Profiler:
         logger.info("profiling: system monitor every %.1f s (%d GPU(s) through NVML), step timing, torch.profiler; "
                     "output in %s", self.monitor.interval, self.monitor.gpu_count, self.directory)
 
-    def close(self) -> list[RuleResult]:
-        """Stop profiling, evaluate the ProfilerReport rules, write them and log their table."""
+    def close(self, evaluate: bool = True) -> list[RuleResult]:
+        """Stop profiling; then, unless `evaluate` is false (a job stopped by SIGTERM), evaluate the
+        ProfilerReport rules, write them, log their table and write the profiler report."""
         self.timer.close()
         self.monitor.stop()
+        if not evaluate:
+            return []
         data = load(self.directory)
         results = list(rules.evaluate(data).values())
         write_results(self.directory, results)

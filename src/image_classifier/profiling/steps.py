@@ -50,6 +50,7 @@ class StepTimer(NoTimer):
         self._current: dict[str, Any] = {}
         self._out = None
         self._torch_profiler = None
+        self._finished = None  # the torch.profiler of a finished window, until close() writes it
         self._profiled_steps = 0
 
     def start(self) -> None:
@@ -59,7 +60,7 @@ class StepTimer(NoTimer):
         if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self._torch_profiler = torch.profiler.profile(
-            activities=activities, on_trace_ready=self._export, record_shapes=True,
+            activities=activities, on_trace_ready=self._keep,
             schedule=torch.profiler.schedule(wait=PROFILE_WAIT, warmup=PROFILE_WARMUP, active=PROFILE_ACTIVE,
                                              repeat=1))
         self._torch_profiler.start()
@@ -109,6 +110,9 @@ class StepTimer(NoTimer):
 
     def close(self) -> None:
         self._stop_torch_profiler()
+        if self._finished is not None:
+            self._export(self._finished)
+            self._finished = None
         if self._out:
             self._out.close()
             self._out = None
@@ -116,7 +120,11 @@ class StepTimer(NoTimer):
     def _stop_torch_profiler(self) -> None:
         if self._torch_profiler is not None:
             profiler, self._torch_profiler = self._torch_profiler, None
-            profiler.stop()  # a window cut short by the end of training is exported here
+            profiler.stop()  # a window cut short by the end of training is handed over here
+
+    def _keep(self, profiler) -> None:
+        """Keep the finished window; it is written out at `close`, not in the middle of an epoch."""
+        self._finished = profiler
 
     def _export(self, profiler) -> None:
         """The trace (opens in Perfetto or chrome://tracing) and the top-operator table."""

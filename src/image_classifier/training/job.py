@@ -200,15 +200,19 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     # None unless asked for; they fail here, not mid-job
     debugger = Debugger.create(env, config.debug or bool(config.stop_on_rules), config.stop_on_rules)
     profiler = Profiler.create(env, config.profile, device, _num_workers(config))
+    evaluate_rules = True  # not after SIGTERM: SageMaker kills the job soon after it
     try:
         if profiler:
             profiler.start()
         return _run(env, config, device, amp_dtype, debugger, profiler.timer if profiler else NO_TIMER, should_stop)
+    except TrainingInterrupted:
+        evaluate_rules = False
+        raise
     finally:
         if profiler:
-            profiler.close()
+            profiler.close(evaluate_rules)
         if debugger:
-            debugger.close()
+            debugger.close(evaluate_rules)
 
 
 def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,

@@ -1,0 +1,91 @@
+"""What debug=true and profile=true cost a training job, measured side by side in one run.
+
+The same training job (the sample digits by default) runs as a real `train` process in four
+configurations (off, debug, profile, both), interleaved round by round so that a noisy machine
+slows them alike. Reported per configuration: the median training-loop time (the sum of
+`epoch_seconds`, what the hook and the timer slow down), the median whole-job time (start-up,
+rules and reports included), and both as ratios to the configuration with neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from image_classifier import datasets
+from image_classifier.demo import lay_out
+from image_classifier.sagemaker_env import BASE_DIR_ENV
+
+CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
+                  "debug+profile": {"debug": "true", "profile": "true"}}
+JOB = {"model": "resnet18", "pretrained": "false", "freeze": "none", "image-size": "32", "batch-size": "64",
+       "lr": "0.002", "optimizer": "adamw", "num-workers": "0", "seed": "0"}
+
+
+def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str]) -> dict[str, float]:
+    """One training job in a fresh process; its loop time and whole time (seconds).
+
+    Raises:
+        RuntimeError: the job failed (its log's tail in the message).
+    """
+    env = lay_out(base_dir, data_dir, hyperparameters)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "image_classifier.train"], capture_output=True, text=True,
+                            env={**os.environ, BASE_DIR_ENV: str(env.base_dir)})
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"training job failed:\n{result.stdout[-3000:]}")
+    epochs = json.loads((env.output_data_dir / "metrics.json").read_text())["epochs"]
+    return {"loop_seconds": sum(e["epoch_seconds"] for e in epochs), "job_seconds": seconds}
+
+
+def benchmark(data_dir: Path, workdir: Path, epochs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Median figures per configuration over `rounds` interleaved rounds, with ratios to "off"."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGURATIONS}
+    for round_ in range(rounds):
+        for name, extra in CONFIGURATIONS.items():
+            figures = run_job(workdir / f"{name}-{round_}", data_dir, {**JOB, "epochs": str(epochs), **extra})
+            runs[name].append(figures)
+            print(f"round {round_ + 1}/{rounds} {name:<14} loop {figures['loop_seconds']:6.2f} s  "
+                  f"job {figures['job_seconds']:6.2f} s", flush=True)
+    summary = {name: {key: statistics.median(r[key] for r in figures) for key in ("loop_seconds", "job_seconds")}
+               for name, figures in runs.items()}
+    for figures in summary.values():
+        figures["loop_ratio"] = figures["loop_seconds"] / summary["off"]["loop_seconds"]
+        figures["job_ratio"] = figures["job_seconds"] / summary["off"]["job_seconds"]
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    rows = [f"{'configuration':<14} {'loop s':>8} {'x off':>7} {'job s':>8} {'x off':>7}"]
+    rows += [f"{name:<14} {f['loop_seconds']:8.2f} {f['loop_ratio']:7.2f} {f['job_seconds']:8.2f} {f['job_ratio']:7.2f}"
+             for name, f in summary.items()]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_debug.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="an ImageFolder root with train/valid (default: the sample digits, written to a temp dir)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--json", type=Path, default=Path("bench_debug.json"), help="where the figures go")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data
+        if data_dir is None:
+            data_dir = Path(tmp) / "data"
+            datasets.write_sample(data_dir)
+        summary = benchmark(data_dir, Path(tmp), args.epochs, args.rounds)
+    print(format_table(summary))
+    args.json.write_text(json.dumps({"job": {**JOB, "epochs": args.epochs}, "rounds": args.rounds,
+                                     "cpus": os.cpu_count(), "results": summary}, indent=2))
+    print(f"figures written to {args.json}")
+    return 0
