@@ -147,3 +147,25 @@ def test_a_broken_debughookconfig_fails_at_start(opt_ml):
         "LocalPath": str(env.output_dir / TENSORS_DIR), "CollectionConfigurations": [{"no name": 1}]}))
     with pytest.raises(RuntimeError, match="smdebug cannot make a hook from SageMaker's"):
         run_in_process(env)
+
+
+def test_gradients_are_saved_unscaled_under_a_grad_scaler(tmp_path):
+    """float16 mixed precision scales the loss by 2**16: the saved gradients are the true ones."""
+    from image_classifier.training.loop import Meter, train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    reference = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    reference.load_state_dict(model.state_dict())
+    images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    nn.CrossEntropyLoss()(reference(images), targets).backward()
+
+    hook = DebugHook.create(SageMakerEnv(base_dir=tmp_path), debug=True)
+    criterion = nn.CrossEntropyLoss()
+    hook.register(model, criterion)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    train_one_epoch(model, [(images, targets)], criterion, torch.optim.SGD(model.parameters(), lr=0.1),
+                    torch.device("cpu"), scaler, None, Meter(), hook=hook)
+    hook.close()
+    saved = trial_of(SageMakerEnv(base_dir=tmp_path)).tensor("gradient/Sequential_1.weight").value(0)
+    assert torch.allclose(torch.from_numpy(saved), reference[1].weight.grad, atol=1e-6)

@@ -79,21 +79,33 @@ def hook_config(local_path: str | Path, s3_output_path: str | None = None) -> di
 
 
 def _hook_class():
-    """smdebug's PyTorch Hook, able to save bfloat16 tensors (mixed precision on recent GPUs).
+    """smdebug's PyTorch Hook, made right for mixed precision.
 
-    smdebug 1.0.34 converts tensors with `.numpy()`, which NumPy cannot do for bfloat16: under
-    autocast every activation is bfloat16 and the hook raises. They are saved as float32.
+    - smdebug 1.0.34 converts tensors with `.numpy()`, which NumPy cannot do for bfloat16:
+      under autocast every activation is bfloat16 and the hook raises. They are saved as float32.
+    - With float16 and a GradScaler the backward pass carries gradients multiplied by the
+      scale (2**16 at first): they are saved divided by it, as the optimizer sees them.
     """
     from smdebug.pytorch import Hook
 
-    class Bfloat16SafeHook(Hook):
+    class MixedPrecisionHook(Hook):
+        grad_scale = 1.0  # set by DebugHook.set_grad_scale before each backward pass
+
         @staticmethod
         def _make_numpy_array(tensor_value):
             if isinstance(tensor_value, torch.Tensor) and tensor_value.dtype == torch.bfloat16:
                 tensor_value = tensor_value.float()
             return Hook._make_numpy_array(tensor_value)
 
-    return Bfloat16SafeHook
+        def backward_hook(self, tname):
+            save = super().backward_hook(tname)
+
+            def back(grad):
+                save(grad if self.grad_scale == 1.0 else grad / self.grad_scale)
+
+            return back
+
+    return MixedPrecisionHook
 
 
 class DebugHook:
@@ -150,6 +162,10 @@ class DebugHook:
         """
         self.hook.set_mode({"train": self._modes.TRAIN, "eval": self._modes.EVAL,
                             "predict": self._modes.PREDICT}[mode])
+
+    def set_grad_scale(self, scaler: torch.amp.GradScaler) -> None:
+        """Tell the hook the GradScaler's scale of the coming backward pass (1 when disabled)."""
+        self.hook.grad_scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
 
     def record_batch(self, targets: torch.Tensor, logits: torch.Tensor) -> None:
         """Save the step's labels (N,) and top-1 predictions (N,), both int64.

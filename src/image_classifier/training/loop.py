@@ -87,6 +87,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
         # compute gradient and do an optimizer step (the scaler is a no-op unless float16)
         with timer.phase("backward"):
             optimizer.zero_grad(set_to_none=True)
+            if hook:
+                hook.set_grad_scale(scaler)  # the hook saves gradients unscaled
             scaler.scale(loss).backward()
         with timer.phase("optimizer"):
             scaler.step(optimizer)
