@@ -1,0 +1,7 @@
+#!/usr/bin/env python3
+"""The model server against the model's limit and a baseline server, side by side: `scripts/bench_serving.py --help`."""
+import sys
+
+from image_classifier.benchmarks.serving import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""scripts/bench_serving.py and its load generator."""
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from image_classifier.benchmarks import load, serving
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = 200 if body == b"good" else 400
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def loopback_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/invocations"
+    server.shutdown()
+
+
+def test_load_generator_counts_and_bounds(loopback_server):
+    result = load.run(loopback_server, b"good", "image/jpeg", concurrency=4, count=50, seconds=30)
+    assert len(result["latencies"]) == 50 and result["errors"] == {}
+    assert all(latency > 0 for latency in result["latencies"])
+    result = load.run(loopback_server, b"bad", "image/jpeg", concurrency=2, count=10, seconds=30)
+    assert result["latencies"] == [] and result["errors"] == {"400": 10}
+
+
+def test_load_generator_is_bounded_in_time(loopback_server):
+    result = load.run(loopback_server, b"good", "image/jpeg", concurrency=1, count=10**9, seconds=0.5)
+    assert 0.5 <= result["seconds"] < 5 and len(result["latencies"]) > 0
+
+
+def test_load_generator_targets_loopback_only():
+    with pytest.raises(ValueError, match="loopback"):
+        load.run("http://example.com/invocations", b"x", "image/jpeg", 1, 1, 1)
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert serving.main(["--models", "resnet18", "--seconds", "0.2", "--count", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["results"]["resnet18"]
+    for side in ("server", "baseline"):
+        assert result[side]["errors"] == {} and set(result[side]["images_per_second"]) == {"1", "2", "4", "8"}
+        assert result[side]["startup_seconds"] > 0 and result[side]["p99_ms"] >= result[side]["p50_ms"] > 0
+    assert result["limit"]["best_images_per_second"] > 0
+    assert set(result["ratios"]) == {"server_p50_over_limit_p50", "server_best_over_limit_best",
+                                     "server_best_over_baseline_best"}
+    assert "server p50 / limit p50 =" in capsys.readouterr().out
