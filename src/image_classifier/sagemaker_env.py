@@ -25,6 +25,7 @@ MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 MAX_CONCURRENT_TRANSFORMS_ENV = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
 BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"
 MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
+TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
 # A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
 # run (docker compose) set them without writing hyperparameters.json.
 HYPERPARAMETERS_ENV = "SM_HPS"
@@ -195,6 +196,11 @@ class SageMakerEnv:
     def max_payload_bytes(self) -> int:
         """Largest request body accepted, in bytes (MB = 10**6 bytes, SageMaker's unit)."""
         return int(float(self.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1_000_000)
+
+    @property
+    def torchscript(self) -> bool:
+        """Serve the model frozen and optimised with TorchScript (default), or eager."""
+        return self.environ.get(TORCHSCRIPT_ENV, "true").strip().lower() not in ("false", "0", "no", "off")
 
     @property
     def max_image_pixels(self) -> int | None:

@@ -110,12 +110,12 @@ def test_ping_503_while_loading_then_200(model_dir, monkeypatch):
     release = threading.Event()
     load = Predictor.load
 
-    def slow_load(model_dir):
+    def slow_load(model_dir, *args):
         assert release.wait(30)
-        return load(model_dir)
+        return load(model_dir, *args)
 
     monkeypatch.setattr(Predictor, "load", slow_load)
-    app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": True})
+    app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": True, "LOAD_WAIT": 0.2})
     client = app.test_client()
     try:
         for _ in range(3):
@@ -129,6 +129,23 @@ def test_ping_503_while_loading_then_200(model_dir, monkeypatch):
     assert app.extensions["predictor"].wait(30)
     assert client.get("/ping").status_code == 200
     assert post(client, china_jpeg()).status_code == 200
+
+
+def test_a_request_to_a_loading_worker_waits_for_its_model(model_dir, monkeypatch):
+    """Another worker may already answer /ping 200: a request this one gets while it loads waits (LOAD_WAIT)."""
+    release = threading.Event()
+    load = Predictor.load
+
+    def slow_load(model_dir, *args):
+        assert release.wait(30)
+        return load(model_dir, *args)
+
+    monkeypatch.setattr(Predictor, "load", slow_load)
+    app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": True, "LOAD_WAIT": 30})
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    response = post(app.test_client(), china_jpeg())
+    assert response.status_code == 200 and time.monotonic() - started >= 0.5
 
 
 # --- /invocations: inputs --------------------------------------------------------------

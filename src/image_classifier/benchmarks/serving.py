@@ -97,8 +97,10 @@ def measure_limit(model_dir: Path, payload: bytes, seconds: float) -> dict[str, 
     from image_classifier.serving import codec
     from image_classifier.serving.predictor import Predictor
 
+    from image_classifier.sagemaker_env import SageMakerEnv
+
     torch.set_num_threads(os.cpu_count() or 1)
-    predictor = Predictor.load(model_dir)
+    predictor = Predictor.load(model_dir, SageMakerEnv.from_environ().torchscript)  # the server's model
 
     def one(batch: int) -> None:
         images = [codec.decode(payload, JPEG, None).images[0] for _ in range(batch)]

@@ -90,7 +90,8 @@ def _request_body() -> bytes:
 def invocations():
     """Decode the body by Content-Type, predict, encode by Accept (see README, HTTP API)."""
     accept = negotiate_accept(request.headers.get("Accept"))
-    predictor = _holder().predictor
+    # this worker may still be loading while another already answers /ping 200: wait for it
+    predictor = _holder().get(current_app.config["LOAD_WAIT"])
     top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
     inputs = codec.decode(_request_body(), request.headers.get("Content-Type"),
                           current_app.config["MAX_IMAGE_PIXELS"])
@@ -125,16 +126,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create and configure the model server app; the model starts loading at once.
 
     Config keys: MODEL_DIR (the model artifacts), MAX_CONTENT_LENGTH (bytes), MAX_IMAGE_PIXELS
-    (pixels, None = Pillow's), WORKERS (for /execution-parameters), LOAD_IN_BACKGROUND.
+    (pixels, None = Pillow's), WORKERS (for /execution-parameters), LOAD_IN_BACKGROUND,
+    TORCHSCRIPT (serve the model optimised with TorchScript), LOAD_WAIT (seconds a request
+    waits for a model still loading before its 503; default half the worker timeout).
     Defaults come from the SageMaker environment.
     """
     env = SageMakerEnv.from_environ()
     app = Flask(__name__)
     app.config.from_mapping(
         MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=env.max_payload_bytes,
-        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers, LOAD_IN_BACKGROUND=True)
+        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers, LOAD_IN_BACKGROUND=True,
+        TORCHSCRIPT=env.torchscript, LOAD_WAIT=env.model_server_timeout / 2)
     app.config.update(config or {})
-    app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"])
+    app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],
+                                                  app.config["TORCHSCRIPT"])
     app.register_blueprint(bp)
     app.register_error_handler(InferenceError, _inference_error)
     app.register_error_handler(HTTPException, _http_error)

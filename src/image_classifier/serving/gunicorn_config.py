@@ -7,6 +7,7 @@
 | MODEL_SERVER_TIMEOUT | 60 | seconds a request may take before its worker is restarted |
 | SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | largest request body (read by the app) |
 | MODEL_SERVER_MAX_IMAGE_PIXELS | Pillow's | decompression-bomb limit per image |
+| MODEL_SERVER_TORCHSCRIPT | true | serve the model frozen and optimised with TorchScript (read by the app) |
 """
 
 import os

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 class PredictorHolder:
     """Holds the worker's `Predictor` once it has loaded (and warmed up) in the background."""
 
-    def __init__(self, model_dir: Path, background: bool = True):
-        self.model_dir = model_dir
+    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False):
+        self.model_dir, self.torchscript = model_dir, torchscript
         self._predictor = None
         self.error: str | None = None
         self._loaded = threading.Event()
@@ -40,9 +40,10 @@ class PredictorHolder:
             threads = os.environ.get("OMP_NUM_THREADS")  # set per worker by gunicorn_config.post_fork
             if threads:
                 torch.set_num_threads(int(threads))
-            predictor = Predictor.load(self.model_dir)
+            predictor = Predictor.load(self.model_dir, self.torchscript)
             size = predictor.spec.image_size
-            predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))  # warm-up
+            for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
+                predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
             self._predictor = predictor
             logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
                         torch.get_num_threads())
@@ -59,6 +60,15 @@ class PredictorHolder:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading finished (ready or failed); True if it finished."""
         return self._loaded.wait(timeout)
+
+    def get(self, wait: float = 0.0):
+        """The loaded `Predictor`, waiting up to `wait` seconds for it while it loads.
+
+        Raises:
+            ModelNotReadyError: still loading after `wait`, or it failed to load (503).
+        """
+        self._loaded.wait(wait)
+        return self.predictor
 
     @property
     def predictor(self):
