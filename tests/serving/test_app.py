@@ -106,7 +106,9 @@ def test_ping_503_when_the_model_dir_is_empty(tmp_path):
     check_error(post(client, china_jpeg()), 503, "model failed to load")
 
 
-def test_ping_503_while_loading_then_200(model_dir, monkeypatch):
+@pytest.fixture
+def slow_loading(monkeypatch) -> threading.Event:
+    """Predictor.load blocks until the returned event is set."""
     release = threading.Event()
     load = Predictor.load
 
@@ -115,6 +117,11 @@ def test_ping_503_while_loading_then_200(model_dir, monkeypatch):
         return load(model_dir, *args)
 
     monkeypatch.setattr(Predictor, "load", slow_load)
+    return release
+
+
+def test_ping_503_while_loading_then_200(model_dir, slow_loading):
+    release = slow_loading
     app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": True, "LOAD_WAIT": 0.2})
     client = app.test_client()
     try:
@@ -131,16 +138,9 @@ def test_ping_503_while_loading_then_200(model_dir, monkeypatch):
     assert post(client, china_jpeg()).status_code == 200
 
 
-def test_a_request_to_a_loading_worker_waits_for_its_model(model_dir, monkeypatch):
+def test_a_request_to_a_loading_worker_waits_for_its_model(model_dir, slow_loading):
     """Another worker may already answer /ping 200: a request this one gets while it loads waits (LOAD_WAIT)."""
-    release = threading.Event()
-    load = Predictor.load
-
-    def slow_load(model_dir, *args):
-        assert release.wait(30)
-        return load(model_dir, *args)
-
-    monkeypatch.setattr(Predictor, "load", slow_load)
+    release = slow_loading
     app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": True, "LOAD_WAIT": 30})
     threading.Timer(0.5, release.set).start()
     started = time.monotonic()
