@@ -52,12 +52,15 @@ def test_load_generator_targets_loopback_only():
 @pytest.mark.slow
 def test_the_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert serving.main(["--models", "resnet18", "--seconds", "0.2", "--count", "4", "--json", str(out)]) == 0
+    assert serving.main(["--models", "resnet18", "--seconds", "0.2", "--count", "4", "--json", str(out),
+                         "--variant", "eager:MODEL_SERVER_TORCHSCRIPT=false"]) == 0
     result = json.loads(out.read_text())["results"]["resnet18"]
-    for side in ("server", "baseline"):
+    assert result["eager"]["env"] == {"MODEL_SERVER_TORCHSCRIPT": "false"} and result["server"]["env"] == {}
+    for side in ("server", "eager", "baseline"):
         assert result[side]["errors"] == {} and set(result[side]["images_per_second"]) == {"1", "2", "4", "8"}
         assert result[side]["startup_seconds"] > 0 and result[side]["p99_ms"] >= result[side]["p50_ms"] > 0
     assert result["limit"]["best_images_per_second"] > 0
     assert set(result["ratios"]) == {"server_p50_over_limit_p50", "server_best_over_limit_best",
                                      "server_best_over_baseline_best"}
-    assert "server p50 / limit p50 =" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "first server p50 / limit p50 =" in printed and "\neager " in printed
