@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from werkzeug.serving import make_server
 from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.serving.app import create_app
-from tests.serving.images import china_path, encode, npy, photo, random_batch
+from tests.serving.images import china_path, encode, npy, payload_file, photo, random_batch
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -112,11 +111,7 @@ def test_main_predict_a_batch_prints_a_table_per_image(url, tmp_path, capsys):
     ("photo.jpg", None, ["--top-k", "-3"], "top_k must be a positive integer"),
 ])
 def test_main_predict_prints_the_server_error(url, tmp_path, capsys, name, body, args, words):
-    path = tmp_path / name
-    if body is None:
-        shutil.copy(china_path(), path)
-    else:
-        path.write_bytes(body)
+    path = payload_file(tmp_path, name, body)
     assert cli.main(["predict", str(path), "--url", url, *args]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""

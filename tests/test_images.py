@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from image_classifier.images import open_image

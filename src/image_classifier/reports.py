@@ -8,7 +8,6 @@ version of this project.
 
 from __future__ import annotations
 
-import json
 import logging
 import tarfile
 import tempfile
@@ -20,6 +19,7 @@ from image_classifier.debugging.rules import RuleResult, RuleSet, format_table, 
 from image_classifier.profiling import report as profiler_report
 from image_classifier.profiling import rules as profiler_rules
 from image_classifier.profiling.profiler import PROFILER_OUTPUT_DIR, load
+from image_classifier.training import read_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ def rebuild(output: Path, out: Path) -> dict[str, list[RuleResult]]:
         results["debugger"] = list(RuleSet(trial).evaluate().values())
         directory = out / DEBUG_OUTPUT_DIR
         write_results(directory, results["debugger"])
-        metrics = output / "metrics.json"
-        epochs = json.loads(metrics.read_text()).get("epochs", []) if metrics.is_file() else []
-        debugger_report.write(directory, trial, results["debugger"], epochs)
+        debugger_report.write(directory, trial, results["debugger"], read_epochs(output))
     profiled = output / PROFILER_OUTPUT_DIR
     if profiled.is_dir():
         data = load(profiled)

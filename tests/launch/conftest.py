@@ -1,6 +1,5 @@
 """An AWS API emulator (moto_server) on loopback for the launcher tests."""
 
-import os
 import socket
 import subprocess
 import sys

@@ -6,6 +6,7 @@ import base64
 import functools
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,13 @@ def invocation_headers(content_type: str | None = "image/jpeg", accept: str | No
     """Request headers for /invocations; None leaves a header out."""
     headers = {"Content-Type": content_type, "Accept": accept, "X-Amzn-SageMaker-Custom-Attributes": top_k}
     return {name: value for name, value in headers.items() if value is not None}
+
+
+def payload_file(directory: Path, name: str, body: bytes | None) -> Path:
+    """`directory/name` holding `body`, or a copy of the china.jpg photo when `body` is None."""
+    path = directory / name
+    if body is None:
+        shutil.copy(china_path(), path)
+    else:
+        path.write_bytes(body)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
 from tests.serving.images import (big_png, invocation_headers, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
+                                  payload_file,
                                   load_npy, npy, photo, random_batch, raw_rgb, truncated_jpeg, variants)
 
 pytestmark = pytest.mark.slow
@@ -410,11 +410,7 @@ def test_cli_predict_a_batch_file(server, tmp_path, capsys):
     ("photo.jpg", None, ["--top-k", "0"], "top_k must be a positive integer"),
 ])
 def test_cli_predict_reports_the_server_error(server, tmp_path, capsys, name, body, args, words):
-    path = tmp_path / name
-    if body is None:
-        shutil.copy(china_path(), path)
-    else:
-        path.write_bytes(body)
+    path = payload_file(tmp_path, name, body)
     assert cli.main(["predict", str(path), "--url", server.url, *args]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -22,6 +22,7 @@ from pathlib import Path
 from image_classifier import datasets
 from image_classifier.demo import lay_out
 from image_classifier.sagemaker_env import BASE_DIR_ENV
+from image_classifier.training import read_epochs
 
 CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
                   "debug+profile": {"debug": "true", "profile": "true"}}
@@ -42,7 +43,7 @@ def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str]) -> 
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"training job failed:\n{result.stdout[-3000:]}")
-    epochs = json.loads((env.output_data_dir / "metrics.json").read_text())["epochs"]
+    epochs = read_epochs(env.output_data_dir)
     return {"loop_seconds": sum(e["epoch_seconds"] for e in epochs), "job_seconds": seconds}
 
 

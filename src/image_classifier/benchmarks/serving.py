@@ -189,38 +189,44 @@ def measure_server(port: int, payload_path: Path, seconds: float, count: int) ->
     return figures
 
 
+def serve_and_measure(command: list[str], env: dict[str, str], port: int, payload_path: Path, seconds: float,
+                      count: int, cwd: Path | None = None) -> dict[str, Any]:
+    """Start a server, measure it (`measure_server`) and its start-up, stop it."""
+    server, startup = start_server(command, env, port, cwd)
+    try:
+        return {"startup_seconds": startup, **measure_server(port, payload_path, seconds, count)}
+    finally:
+        stop_server(server)
+
+
 def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float, count: int,
                     variants: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """Limit, this server (one run per variant: name → extra environment) and the baseline for `arch`."""
+    """Limit, this server (one run per variant: name → extra environment; the first is the
+    headline) and the baseline for `arch`."""
+    variants = variants or {"server": {}}
     base_dir = workdir / arch
     model_dir = write_model(arch, base_dir)
-    payload = payload_path.read_bytes()
-    result: dict[str, Any] = {"limit": measure_limit(model_dir, payload, seconds)}
+    result: dict[str, Any] = {"limit": measure_limit(model_dir, payload_path.read_bytes(), seconds),
+                              "servers": list(variants)}
     print(f"{arch}: limit measured", flush=True)
 
-    for name, extra_env in (variants or {"server": {}}).items():
+    for name, extra_env in variants.items():
         port = free_port()
         env = {**os.environ, BASE_DIR_ENV: str(base_dir), BIND_TO_PORT_ENV: str(port), **extra_env}
-        server, startup = start_server([sys.executable, "-m", "image_classifier.serve"], env, port)
-        try:
-            result[name] = {"startup_seconds": startup, "env": extra_env,
-                            **measure_server(port, payload_path, seconds, count)}
-        finally:
-            stop_server(server)
-        print(f"{arch}: {name} measured (first 200 on /ping after {startup:.1f} s)", flush=True)
+        result[name] = {"env": extra_env, **serve_and_measure(
+            [sys.executable, "-m", "image_classifier.serve"], env, port, payload_path, seconds, count)}
+        print(f"{arch}: {name} measured (first 200 on /ping after {result[name]['startup_seconds']:.1f} s)",
+              flush=True)
 
     (workdir / "baseline_app.py").write_text(BASELINE_APP)
     port = free_port()
-    baseline, startup = start_server(
+    result["baseline"] = serve_and_measure(
         [sys.executable, "-m", "gunicorn", "-w", str(os.cpu_count() or 1), "-b", f"127.0.0.1:{port}",
-         "--timeout", "120", "baseline_app:app"], {**os.environ, "MODEL_DIR": str(model_dir)}, port, cwd=workdir)
-    try:
-        result["baseline"] = {"startup_seconds": startup, **measure_server(port, payload_path, seconds, count)}
-    finally:
-        stop_server(baseline)
+         "--timeout", "120", "baseline_app:app"], {**os.environ, "MODEL_DIR": str(model_dir)}, port,
+        payload_path, seconds, count, cwd=workdir)
     print(f"{arch}: baseline measured", flush=True)
 
-    limit, server, base = result["limit"], result[next(iter(variants or {"server": {}}))], result["baseline"]
+    limit, server, base = result["limit"], result[result["servers"][0]], result["baseline"]
     result["ratios"] = {
         "server_p50_over_limit_p50": server["p50_ms"] / limit["p50_ms"],
         "server_best_over_limit_best": server["best_images_per_second"] / limit["best_images_per_second"],
@@ -232,15 +238,15 @@ def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     rows = []
     for arch, r in results.items():
-        limit, base, ratios = r["limit"], r["baseline"], r["ratios"]
+        limit, ratios = r["limit"], r["ratios"]
         rows.append(f"== {arch} at {IMAGE_SIZE} px, {os.cpu_count()} cores")
         rows.append(f"{'':<10} {'start s':>8} {'p50 ms':>8} {'p99 ms':>8} " +
                     " ".join(f"{'c=' + str(c) + ' img/s':>11}" for c in CONCURRENCY) + f" {'best img/s':>11}")
         rows.append(f"{'limit':<10} {'':>8} {limit['p50_ms']:8.1f} {'':>8} " +
                     " ".join(f"{'':>11}" for _ in CONCURRENCY) +
                     f" {limit['best_images_per_second']:11.2f}  (batch {limit['best_batch']})")
-        servers = [(n, f) for n, f in r.items() if isinstance(f, dict) and "startup_seconds" in f and n != "baseline"]
-        for name, f in (*servers, ("baseline", base)):
+        for name in (*r["servers"], "baseline"):
+            f = r[name]
             rows.append(f"{name:<10} {f['startup_seconds']:8.1f} {f['p50_ms']:8.1f} {f['p99_ms']:8.1f} " +
                         " ".join(f"{f['images_per_second'][c]:11.2f}" for c in CONCURRENCY) +
                         f" {f['best_images_per_second']:11.2f}" + (f"  errors {f['errors']}" if f["errors"] else ""))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
 from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.training import read_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ class Debugger:
     def __init__(self, hook: DebugHook, env: SageMakerEnv, stop_on: tuple[str, ...] = ()):
         self.hook, self.stop_on = hook, stop_on
         self.directory = env.output_data_dir / DEBUG_OUTPUT_DIR
-        self.metrics_path = env.output_data_dir / "metrics.json"  # training.job.METRICS_FILE
+        self.output_data_dir = env.output_data_dir
         self._rules: RuleSet | None = None
         self._reported: set[str] = set()
 
@@ -75,12 +74,9 @@ class Debugger:
             self.hook.close()
         if self._rules is not None and evaluate:
             try:
-                path = report.write(self.directory, self._rules.trial, results, _epochs(self.metrics_path))
+                path = report.write(self.directory, self._rules.trial, results, read_epochs(self.output_data_dir))
                 logger.info("debugger report: %s", path)
             except Exception:  # the report is a view of the job's results, not a reason to fail it
                 logger.exception("the debugger report could not be written")
         return results
 
-
-def _epochs(metrics_path: Path) -> list[dict]:
-    return json.loads(metrics_path.read_text()).get("epochs", []) if metrics_path.is_file() else []

@@ -20,9 +20,9 @@ MAX_LAYERS = 60  # rows of a per-layer heat map; more are sampled evenly
 def losses(trial) -> dict[str, tuple[list[int], list[float]]]:
     """Per mode ("TRAIN", "EVAL"): the global steps and the mean saved loss at each."""
     series: dict[str, tuple[list[int], list[float]]] = {}
-    names = trial.tensor_names(collection="losses")
+    saved = {name: set(trial.tensor(name).steps()) for name in trial.tensor_names(collection="losses")}
     for step in trial.steps():
-        values = [trial.tensor(n).value(step) for n in names if step in trial.tensor(n).steps()]
+        values = [trial.tensor(name).value(step) for name, steps in saved.items() if step in steps]
         if values:
             steps, means = series.setdefault(trial.mode(step).name, ([], []))
             steps.append(step)
@@ -31,7 +31,11 @@ def losses(trial) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def per_layer(trial, collection: str, measure) -> tuple[list[str], list[int], np.ndarray]:
-    """(tensor names, training steps, (layers, steps) float64 of `measure(trial, name, step)`)."""
+    """(tensor names, training steps, (layers, steps) float64 of `measure(previous, value)`).
+
+    `value` is the tensor at a step, `previous` its value at the step of the column before (None
+    when it was not saved there); each tensor is read once per step.
+    """
     from smdebug import modes
 
     names = sorted(trial.tensor_names(collection=collection))
@@ -40,23 +44,25 @@ def per_layer(trial, collection: str, measure) -> tuple[list[str], list[int], np
     steps = sorted({s for n in names for s in trial.tensor(n).steps() if trial.mode(s) == modes.TRAIN})
     matrix = np.full((len(names), len(steps)), np.nan)
     for i, name in enumerate(names):
+        tensor = trial.tensor(name)
+        saved, previous = set(tensor.steps()), None
         for j, step in enumerate(steps):
-            matrix[i, j] = measure(trial, name, step, steps[j - 1] if j else None)
+            value = tensor.value(step) if step in saved else None
+            if value is not None:
+                matrix[i, j] = measure(previous, value)
+            previous = value
     return names, steps, matrix
 
 
-def _mean_abs(trial, name, step, previous):
-    tensor = trial.tensor(name)
-    return float(np.abs(tensor.value(step)).mean()) if step in tensor.steps() else np.nan
+def _mean_abs(previous, value) -> float:
+    return float(np.abs(value).mean())
 
 
-def _update_ratio(trial, name, step, previous):
+def _update_ratio(previous, value) -> float:
     """||w_t - w_prev|| / ||w_prev||, between consecutive saved training steps."""
-    tensor = trial.tensor(name)
-    if previous is None or step not in tensor.steps() or previous not in tensor.steps():
+    if previous is None:
         return np.nan
-    before = tensor.value(previous)
-    return float(np.linalg.norm(tensor.value(step) - before) / (np.linalg.norm(before) + 1e-12))
+    return float(np.linalg.norm(value - previous) / (np.linalg.norm(previous) + 1e-12))
 
 
 def rules_table(page: Page, results: list[RuleResult]) -> None:

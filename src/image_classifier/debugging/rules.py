@@ -404,11 +404,14 @@ def make_rule_classes() -> dict[str, type]:
         def __init__(self, trial, **parameters):
             super().__init__(trial, **parameters)
             self.previous: dict[str, np.ndarray] = {}
+            self.trained: set[str] | None = None  # weights with a saved gradient, read at the first step
 
         def invoke_at_step(self, step):
             if self.mode_of(step).name != "TRAIN":
                 return False
-            trained = {n.removeprefix("gradient/") for n in self._names("gradients")}
+            if self.trained is None:
+                self.trained = {n.removeprefix("gradient/") for n in self._names("gradients")}
+            trained = self.trained
             problems = []
             for name in self._names("weights", step):
                 if name not in trained or (weight := self.value(name, step)) is None:

@@ -18,7 +18,7 @@ from image_classifier.debugging.debugger import Debugger
 from image_classifier.profiling.profiler import Profiler
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import TrainingInterrupted, data
+from image_classifier.training import METRICS_FILE, TrainingInterrupted, data
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.loop import Meter, evaluate, train_one_epoch
 from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
@@ -26,7 +26,6 @@ from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transf
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.json"
 PRETRAINED_CHANNEL = "pretrained"
 
 
