@@ -26,6 +26,10 @@ MAX_CONCURRENT_TRANSFORMS_ENV = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
 BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"
 MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
 TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
+THREADS_ENV = "MODEL_SERVER_THREADS"          # request threads per worker
+MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pass
+DEFAULT_THREADS = 8
+DEFAULT_MAX_BATCH = 16
 # A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
 # run (docker compose) set them without writing hyperparameters.json.
 HYPERPARAMETERS_ENV = "SM_HPS"
@@ -196,6 +200,16 @@ class SageMakerEnv:
     def max_payload_bytes(self) -> int:
         """Largest request body accepted, in bytes (MB = 10**6 bytes, SageMaker's unit)."""
         return int(float(self.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1_000_000)
+
+    @property
+    def model_server_threads(self) -> int:
+        """Request threads per worker (gunicorn's gthread): concurrent requests a worker takes."""
+        return int(self.environ.get(THREADS_ENV, DEFAULT_THREADS))
+
+    @property
+    def max_batch(self) -> int:
+        """Most images one forward pass takes from the requests waiting (1: no batching)."""
+        return max(1, int(self.environ.get(MAX_BATCH_ENV, DEFAULT_MAX_BATCH)))
 
     @property
     def torchscript(self) -> bool:

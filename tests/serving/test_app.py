@@ -407,12 +407,13 @@ def test_unknown_routes_answer_json(client, method, path, status):
 
 
 def test_real_fault_is_500_without_details(app, client, monkeypatch):
-    predictor = app.extensions["predictor"].predictor
+    """A fault in the (batched) forward pass is a bare 500, and the batcher goes on."""
+    batcher = app.extensions["predictor"].batcher
 
-    def broken(inputs):
+    def broken(batch):
         raise RuntimeError("secret internals /opt/ml/model")
 
-    monkeypatch.setattr(predictor, "predict", broken)
+    monkeypatch.setattr(batcher, "forward", broken)
     message = check_error(post(client, china_jpeg()), 500)
     assert "secret" not in message and "RuntimeError" not in message
     monkeypatch.undo()

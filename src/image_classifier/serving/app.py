@@ -95,7 +95,8 @@ def invocations():
     top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
     inputs = codec.decode(_request_body(), request.headers.get("Content-Type"),
                           current_app.config["MAX_IMAGE_PIXELS"])
-    probabilities = predictor.predict(inputs)
+    # decoded and preprocessed in this request's thread; the forward pass batched with others
+    probabilities = _holder().batcher.predict(predictor.preprocess(inputs))
     body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)
     return Response(body, mimetype=accept)
 
@@ -128,7 +129,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Config keys: MODEL_DIR (the model artifacts), MAX_CONTENT_LENGTH (bytes), MAX_IMAGE_PIXELS
     (pixels, None = Pillow's), WORKERS (for /execution-parameters), LOAD_IN_BACKGROUND,
     TORCHSCRIPT (serve the model optimised with TorchScript), LOAD_WAIT (seconds a request
-    waits for a model still loading before its 503; default half the worker timeout).
+    waits for a model still loading before its 503; default half the worker timeout),
+    MAX_BATCH (images in one batched forward pass).
     Defaults come from the SageMaker environment.
     """
     env = SageMakerEnv.from_environ()
@@ -136,10 +138,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=env.max_payload_bytes,
         MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers, LOAD_IN_BACKGROUND=True,
-        TORCHSCRIPT=env.torchscript, LOAD_WAIT=env.model_server_timeout / 2)
+        TORCHSCRIPT=env.torchscript, LOAD_WAIT=env.model_server_timeout / 2, MAX_BATCH=env.max_batch)
     app.config.update(config or {})
     app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],
-                                                  app.config["TORCHSCRIPT"])
+                                                  app.config["TORCHSCRIPT"], app.config["MAX_BATCH"])
     app.register_blueprint(bp)
     app.register_error_handler(InferenceError, _inference_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -8,6 +8,11 @@
 | SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | largest request body (read by the app) |
 | MODEL_SERVER_MAX_IMAGE_PIXELS | Pillow's | decompression-bomb limit per image |
 | MODEL_SERVER_TORCHSCRIPT | true | serve the model frozen and optimised with TorchScript (read by the app) |
+| MODEL_SERVER_THREADS | 8 | request threads per worker (gthread): decode and preprocess in parallel |
+| MODEL_SERVER_MAX_BATCH | 16 | images one forward pass takes from the waiting requests (read by the app) |
+
+Each worker's torch uses every core: forward passes take turns machine-wide (serving/batcher.py),
+so they never fight over the cores, and concurrent requests share a batched forward.
 """
 
 import os
@@ -21,21 +26,17 @@ workers = _env.model_server_workers
 timeout = _env.model_server_timeout
 # SageMaker sends SIGTERM and waits 30 s before SIGKILL: finish in-flight requests within that.
 graceful_timeout = 25
-worker_class = "sync"
+worker_class = "gthread"  # threads per worker: requests decode in parallel and batch together
+threads = _env.model_server_threads
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 control_socket_disable = True  # gunicorn 27's admin socket: unused here, and it needs a writable $HOME
 
 
-def torch_threads(workers_count: int, cores: int | None = None) -> int:
-    """Intra-op threads per worker so that workers × threads ≤ cores (at least 1)."""
-    return max(1, (cores or os.cpu_count() or 1) // max(1, workers_count))
-
-
 def post_fork(server, worker):
-    """Divide the cores among workers; torch, imported later by the model loader, reads this."""
-    threads = torch_threads(workers)
+    """Every core for each worker's forward passes (they take turns); torch, imported later by the model loader, reads this."""
+    threads = os.cpu_count() or 1
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if _env.max_image_pixels:
         # Pillow refuses images over twice its own limit on open, before the app's check:

@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 class PredictorHolder:
     """Holds the worker's `Predictor` once it has loaded (and warmed up) in the background."""
 
-    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False):
-        self.model_dir, self.torchscript = model_dir, torchscript
+    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False, max_batch: int = 16):
+        self.model_dir, self.torchscript, self.max_batch = model_dir, torchscript, max_batch
         self._predictor = None
+        self.batcher = None  # the worker's Batcher, once the model is loaded
         self.error: str | None = None
         self._loaded = threading.Event()
         if background:
@@ -34,6 +35,7 @@ class PredictorHolder:
             import numpy as np
             import torch
 
+            from image_classifier.serving.batcher import Batcher
             from image_classifier.serving.codec import Inputs
             from image_classifier.serving.predictor import Predictor
 
@@ -44,6 +46,7 @@ class PredictorHolder:
             size = predictor.spec.image_size
             for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
                 predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
+            self.batcher = Batcher(predictor.probabilities, self.max_batch)
             self._predictor = predictor
             logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
                         torch.get_num_threads())

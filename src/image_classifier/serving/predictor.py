@@ -64,11 +64,17 @@ class Predictor:
         model.load_state_dict(state_dict)
         return cls(model, spec, torchscript)
 
-    @torch.inference_mode()
-    def predict(self, inputs: Inputs) -> np.ndarray:
-        """Class probabilities (N, num_classes) float32, softmax over the logits."""
+    def preprocess(self, inputs: Inputs) -> torch.Tensor:
+        """The network's input (N, 3, H, W) float32: images through the eval transform, arrays as they are."""
         if inputs.images is not None:
-            batch = torch.stack([self.transform(image) for image in inputs.images])
-        else:
-            batch = torch.from_numpy(inputs.array)
+            return torch.stack([self.transform(image) for image in inputs.images])
+        return torch.from_numpy(inputs.array)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Class probabilities (N, num_classes) float32, softmax over the logits of `batch`."""
         return torch.softmax(self.forward(batch).float(), dim=1).numpy()
+
+    def predict(self, inputs: Inputs) -> np.ndarray:
+        """Class probabilities (N, num_classes) float32 of `inputs`, in this thread."""
+        return self.probabilities(self.preprocess(inputs))

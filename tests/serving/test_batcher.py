@@ -1,0 +1,129 @@
+"""Dynamic batching: concurrent requests share a forward pass, each gets its own rows; the machine-wide lock."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from image_classifier.serving.batcher import Batcher, MachineLock
+
+
+def identify(batch: torch.Tensor) -> np.ndarray:
+    """(N, 1): each row's first value, so a request can check it got its own rows."""
+    return batch[:, :1, 0, 0].numpy().copy()
+
+
+def rows(value: float, n: int = 1, side: int = 4) -> torch.Tensor:
+    return torch.full((n, 3, side, side), value)
+
+
+@pytest.fixture
+def lock(tmp_path):
+    return MachineLock(tmp_path / "forward.lock")
+
+
+def test_a_lone_request_is_not_kept_waiting(lock):
+    batcher = Batcher(identify, lock=lock)
+    started = time.monotonic()
+    assert batcher.predict(rows(7.0)).tolist() == [[7.0]]
+    assert time.monotonic() - started < 1 and batcher.batches == 1
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(lock):
+    gate = threading.Event()
+    sizes = []
+
+    def slow(batch):
+        sizes.append(batch.shape[0])
+        gate.wait(10)
+        return identify(batch)
+
+    batcher = Batcher(slow, max_images=16, lock=lock)
+    results = {}
+
+    def client(i):
+        results[i] = batcher.predict(rows(float(i), n=2))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    threads[0].start()
+    time.sleep(0.2)  # the first request's forward is running: the other five queue behind it
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert {i: r.ravel().tolist() for i, r in results.items()} == {i: [float(i)] * 2 for i in range(6)}
+    assert sizes == [2, 10]  # the five waiting requests (10 images) in one forward pass
+
+
+def test_max_images_and_sizes_split_batches(lock):
+    gate = threading.Event()
+    sizes = []
+
+    def slow(batch):
+        sizes.append(tuple(batch.shape))
+        gate.wait(10)
+        return identify(batch)
+
+    batcher = Batcher(slow, max_images=4, lock=lock)
+    bodies = [rows(0.0)] + [rows(1.0, 3), rows(2.0, 3), rows(3.0, 1, side=8)]
+    threads = [threading.Thread(target=batcher.predict, args=(b,)) for b in bodies]
+    threads[0].start()
+    time.sleep(0.2)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert sizes[0] == (1, 3, 4, 4)
+    assert sorted(sizes[1:]) == [(1, 3, 8, 8), (3, 3, 4, 4), (3, 3, 4, 4)]  # never over 4, never mixed sizes
+
+
+def test_a_failed_forward_fails_its_requests_and_the_batcher_goes_on(lock):
+    calls = []
+
+    def flaky(batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return identify(batch)
+
+    batcher = Batcher(flaky, lock=lock)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.predict(rows(1.0))
+    assert batcher.predict(rows(2.0)).tolist() == [[2.0]]
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from image_classifier.serving.batcher import MachineLock
+with MachineLock(Path(sys.argv[1])).held():
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_the_lock_is_machine_wide_and_freed_when_its_holder_dies(tmp_path):
+    path = tmp_path / "forward.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "60"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    acquired = threading.Event()
+
+    def take():
+        with MachineLock(path).held():
+            acquired.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    assert not acquired.wait(0.5)  # another process holds it
+    os.kill(holder.pid, signal.SIGKILL)  # a worker killed mid-forward
+    holder.wait()
+    assert acquired.wait(5)
