@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from image_classifier.serving.batcher import Batcher, MachineLock
+from image_classifier.serving.batcher import Batcher
+from image_classifier.serving.shared import ForwardLock
 
 
 def identify(batch: torch.Tensor) -> np.ndarray:
@@ -25,7 +26,7 @@ def rows(value: float, n: int = 1, side: int = 4) -> torch.Tensor:
 
 @pytest.fixture
 def lock(tmp_path):
-    return MachineLock(tmp_path / "forward.lock")
+    return ForwardLock(tmp_path / "forward.lock")
 
 
 def test_a_lone_request_is_not_kept_waiting(lock):
@@ -105,21 +106,21 @@ def test_a_failed_forward_fails_its_requests_and_the_batcher_goes_on(lock):
 HOLD = """
 import sys, time
 from pathlib import Path
-from image_classifier.serving.batcher import MachineLock
-with MachineLock(Path(sys.argv[1])).held():
+from image_classifier.serving.shared import ForwardLock
+with ForwardLock(Path(sys.argv[1])).held():
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
 """
 
 
-def test_the_lock_is_machine_wide_and_freed_when_its_holder_dies(tmp_path):
+def test_the_lock_is_shared_by_processes_and_freed_when_its_holder_dies(tmp_path):
     path = tmp_path / "forward.lock"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "60"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     acquired = threading.Event()
 
     def take():
-        with MachineLock(path).held():
+        with ForwardLock(path).held():
             acquired.set()
 
     threading.Thread(target=take, daemon=True).start()

@@ -69,9 +69,10 @@ def parse_top_k(header: str | None, num_classes: int) -> int:
 
 @bp.get("/ping")
 def ping():
-    """200 once the model is loaded; 503 while it loads or if it failed to load."""
+    """200 once the model is loaded (in this worker, or in another while this one loads);
+    503 while the server loads or if the model failed to load."""
     holder = _holder()
-    if holder.ready:
+    if holder.server_ready:
         return jsonify(status="ok")
     return jsonify(status="failed" if holder.error else "loading", error=holder.error), HTTPStatus.SERVICE_UNAVAILABLE
 

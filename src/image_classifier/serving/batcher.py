@@ -1,33 +1,29 @@
-"""Dynamic batching: concurrent requests of a worker share one forward pass, one forward on the machine at a time.
+"""Dynamic batching: concurrent requests of a worker share one forward pass; one server's workers take turns.
 
 Request threads decode and preprocess their input themselves (in parallel), then hand the
 tensor to the worker's batcher thread and wait. The batcher takes every request waiting (up to
 `max_images` images of the same size) as one batch, so a lone request waits for nobody and
-concurrent ones are batched by the time the previous forward takes. Every forward on the
-machine holds an exclusive `flock` on one file, so each can use all the cores (the workers do
-not fight over them), and the kernel releases it if a worker dies holding it.
+concurrent ones are batched by the time the previous forward takes. Every forward pass (and
+every model load) of a server's workers holds the server's `shared.ForwardLock`, so each can
+use all the cores without the workers fighting over them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import queue
-import tempfile
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from image_classifier.serving.shared import ForwardLock, RunDir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGES = 16
-LOCK_FILE = Path(tempfile.gettempdir()) / "image-classifier-forward.lock"
 
 
 @dataclass
@@ -38,31 +34,13 @@ class _Request:
     error: BaseException | None = None
 
 
-class MachineLock:
-    """One forward at a time across processes: an exclusive flock on `path`."""
-
-    def __init__(self, path: Path = LOCK_FILE):
-        self.path = path
-        self._fd: int | None = None
-
-    @contextlib.contextmanager
-    def held(self):
-        if self._fd is None:  # opened in the process that uses it (after gunicorn's fork)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-
 class Batcher:
     """Runs `forward` ((N, 3, H, W) float32 → (N, classes) probabilities) on batches of waiting requests."""
 
     def __init__(self, forward: Callable[[torch.Tensor], np.ndarray], max_images: int = DEFAULT_MAX_IMAGES,
-                 lock: MachineLock | None = None):
+                 lock: ForwardLock | None = None):
         self.forward, self.max_images = forward, max_images
-        self.lock = lock or MachineLock()
+        self.lock = lock or RunDir().lock()
         self._queue: queue.Queue[_Request] = queue.Queue()
         self.batches = 0  # forwards run: tests and the benchmark read it
         threading.Thread(target=self._run, name="batcher", daemon=True).start()

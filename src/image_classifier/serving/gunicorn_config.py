@@ -18,6 +18,7 @@ so they never fight over the cores, and concurrent requests share a batched forw
 import os
 
 from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.serving import shared
 
 _env = SageMakerEnv.from_environ()
 
@@ -32,6 +33,15 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 control_socket_disable = True  # gunicorn 27's admin socket: unused here, and it needs a writable $HOME
+
+
+def on_starting(server):
+    """The run directory this server's workers share (serving/shared.py): forward lock, ready flag."""
+    os.environ[shared.RUN_DIR_ENV] = shared.new_run_dir()
+
+
+def on_exit(server):
+    shared.remove_run_dir(os.environ[shared.RUN_DIR_ENV])
 
 
 def post_fork(server, worker):

@@ -6,21 +6,33 @@ connections (and answer 503) within a second of starting, before torch is import
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from pathlib import Path
 
 from image_classifier.serving.errors import ModelNotReadyError
+from image_classifier.serving.shared import RunDir
 
 logger = logging.getLogger(__name__)
 
 
 class PredictorHolder:
-    """Holds the worker's `Predictor` once it has loaded (and warmed up) in the background."""
+    """Holds the worker's `Predictor` once it has loaded (and warmed up) in the background.
 
-    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False, max_batch: int = 16):
+    Args:
+        model_dir: the model artifacts.
+        background: load in a thread (the server); False loads before returning.
+        torchscript: serve the model through TorchScript (`predictor.optimize`).
+        max_batch: most images in one batched forward pass (`batcher.Batcher`).
+        run_dir: what the server's workers share (`shared.RunDir`); default the server's.
+    """
+
+    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False, max_batch: int = 16,
+                 run_dir: RunDir | None = None):
         self.model_dir, self.torchscript, self.max_batch = model_dir, torchscript, max_batch
+        self.run_dir = run_dir or RunDir()
         self._predictor = None
         self.batcher = None  # the worker's Batcher, once the model is loaded
         self.error: str | None = None
@@ -42,11 +54,16 @@ class PredictorHolder:
             threads = os.environ.get("OMP_NUM_THREADS")  # set per worker by gunicorn_config.post_fork
             if threads:
                 torch.set_num_threads(int(threads))
-            predictor = Predictor.load(self.model_dir, self.torchscript)
-            size = predictor.spec.image_size
-            for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
-                predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
-            self.batcher = Batcher(predictor.probabilities, self.max_batch)
+            lock = self.run_dir.lock()
+            # At start, workers load one at a time on all the cores, so the first is ready sooner;
+            # a worker replacing a dead one loads beside the others, which go on serving.
+            with lock.held() if not self.run_dir.ready else contextlib.nullcontext():
+                predictor = Predictor.load(self.model_dir, self.torchscript)
+                size = predictor.spec.image_size
+                for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
+                    predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
+            self.batcher = Batcher(predictor.probabilities, self.max_batch, lock)
+            self.run_dir.mark_ready()
             self._predictor = predictor
             logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
                         torch.get_num_threads())
@@ -58,7 +75,14 @@ class PredictorHolder:
 
     @property
     def ready(self) -> bool:
+        """This worker's model is loaded."""
         return self._predictor is not None and self._loaded.is_set()
+
+    @property
+    def server_ready(self) -> bool:
+        """This worker's model is loaded, or it is loading and another worker's already is
+        (a replacement worker: its requests wait for its model)."""
+        return self.ready or (self.error is None and self.run_dir.ready)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading finished (ready or failed); True if it finished."""
