@@ -59,8 +59,12 @@ def test_the_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
     for side in ("server", "eager", "baseline"):
         assert result[side]["errors"] == {} and set(result[side]["images_per_second"]) == {"1", "2", "4", "8"}
         assert result[side]["startup_seconds"] > 0 and result[side]["p99_ms"] >= result[side]["p50_ms"] > 0
-    assert result["limit"]["best_images_per_second"] > 0
-    assert set(result["ratios"]) == {"server_p50_over_limit_p50", "server_best_over_limit_best",
-                                     "server_best_over_baseline_best"}
+        assert result[side]["limit_p50_ms"] > 0 and result[side]["limit"]["best_images_per_second"] > 0
+        assert set(result[side]["limit"]["images_per_second"]) == {"1", "2", "4", "8", "16"}
+        ratios = result[side]["ratios"]
+        assert ratios["p50_over_limit_p50"] == pytest.approx(result[side]["p50_ms"] / result[side]["limit_p50_ms"])
+        assert ratios["best_over_baseline_best"] == pytest.approx(
+            result[side]["best_images_per_second"] / result["baseline"]["best_images_per_second"])
+    assert result["ratios"] == result["server"]["ratios"]
     printed = capsys.readouterr().out
-    assert "first server p50 / limit p50 =" in printed and "\neager " in printed
+    assert "server: p50 / limit p50 =" in printed and "\neager " in printed

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +15,10 @@ from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
-from tests.serving.images import (big_png, invocation_headers, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
-                                  payload_file,
-                                  load_npy, npy, photo, random_batch, raw_rgb, truncated_jpeg, variants)
+from tests.serving.images import (big_png, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
+                                  invocation_headers, load_npy, npy, payload_file, photo, random_batch, raw_rgb,
+                                  truncated_jpeg, variants)
+from tests.serving.servers import STARTUP_TIMEOUT, Server, children, start, stop, wait_for_answer
 
 pytestmark = pytest.mark.slow
 
@@ -33,92 +27,6 @@ WORKERS = 2
 MAX_PAYLOAD_MB = 2.5          # fractional on purpose
 MAX_PAYLOAD = 2_500_000
 MAX_PIXELS = 1_000_000        # china.jpg has 273,280
-STARTUP_TIMEOUT = 180
-# gunicorn reads GUNICORN_CMD_ARGS after the config module: log which worker answered each request
-ACCESS_LOG_FORMAT = """--access-logformat 'pid=%(p)s "%(r)s" %(s)s %(b)s'"""
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    workers: set[int]
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children(pid: int) -> set[int]:
-    """Pids of the live processes whose parent is `pid` (gunicorn's workers), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
-
-
-def start(base_dir: Path, workers: int, **env) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log = base_dir / "server.log"
-    child_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
-                 "MODEL_SERVER_WORKERS": str(workers), "GUNICORN_CMD_ARGS": ACCESS_LOG_FORMAT, **env}
-    for name in ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "MODEL_SERVER_MAX_IMAGE_PIXELS"):
-        if name not in env:
-            child_env.pop(name, None)
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "image_classifier.serve"], env=child_env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}", log
-
-
-def pinged(log: Path, status: int) -> set[int]:
-    """Pids of the workers that answered `/ping` with `status`, from the access log."""
-    return {int(pid) for pid in re.findall(rf'pid=<(\d+)> "GET /ping HTTP/1.1" {status}', log.read_text())}
-
-
-def wait_for_answer(url: str, process: subprocess.Popen, log: Path, want: int, workers: int) -> set[int]:
-    """Until each of the `workers` answered `/ping` with `want`; returns their pids (fails with the log)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        pids = children(process.pid)
-        if len(pids) == workers and pids <= pinged(log, want):
-            return pids
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"/ping never answered {want}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            requests.get(f"{url}/ping", timeout=30)
-        except requests.RequestException:
-            time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen) -> float:
-    """SIGTERM, as SageMaker stops a container; returns the seconds it took to exit."""
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
