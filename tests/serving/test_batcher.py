@@ -103,6 +103,44 @@ def test_a_failed_forward_fails_its_requests_and_the_batcher_goes_on(lock):
     assert batcher.predict(rows(2.0)).tolist() == [[2.0]]
 
 
+def test_preparing_runs_in_the_batcher_thread_and_a_bad_input_fails_alone(lock):
+    """Preprocessing happens in the thread of the forward pass (one OpenMP team per worker);
+    an input that fails to preprocess fails its own request, not the others of its batch."""
+    gate, threads_seen = threading.Event(), set()
+
+    def prepare(item):
+        threads_seen.add(threading.current_thread().name)
+        if item == "bad":
+            raise ValueError("cannot preprocess")
+        return rows(float(item))
+
+    def slow(batch):
+        threads_seen.add(threading.current_thread().name)
+        gate.wait(10)
+        return identify(batch)
+
+    batcher = Batcher(slow, prepare, lock=lock)
+    results = {}
+
+    def client(item):
+        try:
+            results[item] = batcher.predict(item).ravel().tolist()
+        except ValueError as exc:
+            results[item] = str(exc)
+
+    clients = [threading.Thread(target=client, args=(item,)) for item in ("1", "2", "bad", "3")]
+    clients[0].start()
+    time.sleep(0.2)
+    for thread in clients[1:]:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in clients:
+        thread.join(10)
+    assert results == {"1": [1.0], "2": [2.0], "bad": "cannot preprocess", "3": [3.0]}
+    assert threads_seen == {"batcher"} and batcher.batches == 2
+
+
 HOLD = """
 import sys, time
 from pathlib import Path

@@ -96,8 +96,8 @@ def invocations():
     top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
     inputs = codec.decode(_request_body(), request.headers.get("Content-Type"),
                           current_app.config["MAX_IMAGE_PIXELS"])
-    # decoded and preprocessed in this request's thread; the forward pass batched with others
-    probabilities = _holder().batcher.predict(predictor.preprocess(inputs))
+    # decoded in this request's thread; preprocessed and predicted in a batch with others
+    probabilities = _holder().batcher.predict(inputs)
     body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)
     return Response(body, mimetype=accept)
 

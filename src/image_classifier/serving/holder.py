@@ -62,7 +62,7 @@ class PredictorHolder:
                 size = predictor.spec.image_size
                 for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
                     predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
-            self.batcher = Batcher(predictor.probabilities, self.max_batch, lock)
+            self.batcher = Batcher(predictor.probabilities, predictor.preprocess, self.max_batch, lock)
             self.run_dir.mark_ready()
             self._predictor = predictor
             logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
