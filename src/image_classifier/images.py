@@ -5,11 +5,19 @@ Pillow only (no torch), so the model server can import it before the model loads
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, ImageOps
+
+# Images over this many pixels (a 12-megapixel phone photo is 4032x3024 = 12.2 million) are
+# decoded one at a time per process: each takes 3 bytes a pixel or more while it decodes, and
+# a server's threads decoding several 50-megapixel images at once would multiply its memory.
+LARGE_IMAGE_PIXELS = 16_000_000
+_large_images = threading.Lock()
 
 
 def check_pixels(img: Image.Image, max_pixels: int | None = None) -> None:
@@ -39,7 +47,7 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int | None = N
     Args:
         source: a path, the encoded bytes, or a binary file object.
         max_pixels: decompression-bomb limit, see `check_pixels`; checked before the pixel
-            data is decoded. Pillow itself refuses, on open, images over twice its own
+            data is decoded. Images over `LARGE_IMAGE_PIXELS` decode one at a time. Pillow itself refuses, on open, images over twice its own
             `Image.MAX_IMAGE_PIXELS`: raise that too to allow larger images.
 
     Raises:
@@ -51,9 +59,11 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int | None = N
         source = io.BytesIO(source)
     with Image.open(source) as img:
         check_pixels(img, max_pixels)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale → 8-bit; via "I": Pillow's point() refuses big-endian I;16B
-            img = img.convert("I").point(lambda v: v / 256).convert("L")
-        return img.convert("RGB")
+        large = img.width * img.height > LARGE_IMAGE_PIXELS
+        with _large_images if large else contextlib.nullcontext():
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale → 8-bit; via "I": Pillow's point() refuses big-endian I;16B
+                img = img.convert("I").point(lambda v: v / 256).convert("L")
+            return img.convert("RGB")
