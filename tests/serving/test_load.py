@@ -214,6 +214,7 @@ class SlowClient:
                 break
             response += chunk
         self.sock.close()
+        assert response, "the server closed the connection without answering"
         head, _, content = response.partition(b"\r\n\r\n")
         return int(head.split()[1]), content
 
