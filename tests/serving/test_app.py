@@ -23,7 +23,7 @@ from tests.serving.images import (big_png, invocation_headers, china_jpeg, encod
 
 NUM_CLASSES = len(DIGIT_NAMES)
 SERVER_ENV = ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "MODEL_SERVER_MAX_IMAGE_PIXELS", "MODEL_SERVER_WORKERS",
-              "SAGEMAKER_BASE_DIR")
+              "MODEL_SERVER_THREADS", "MODEL_SERVER_MAX_BATCH", "SAGEMAKER_BASE_DIR")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -297,19 +297,21 @@ def test_top_k_does_not_cut_npy(client):
 def test_execution_parameters(client, app):
     response = client.get("/execution-parameters")
     assert response.status_code == 200
-    assert response.get_json() == {"MaxConcurrentTransforms": app.config["WORKERS"],
+    assert app.config["WORKERS"] * app.config["THREADS"] > 1
+    assert response.get_json() == {"MaxConcurrentTransforms": app.config["WORKERS"] * app.config["THREADS"],
                                    "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}
 
 
 def test_environment_sets_the_limits(model_dir, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "2.5")
     monkeypatch.setenv("MODEL_SERVER_WORKERS", "3")
+    monkeypatch.setenv("MODEL_SERVER_THREADS", "4")
     monkeypatch.setenv("MODEL_SERVER_MAX_IMAGE_PIXELS", "5000")
     app = create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": False})
     assert app.config["MAX_CONTENT_LENGTH"] == 2_500_000 and app.config["MAX_IMAGE_PIXELS"] == 5000
     client = app.test_client()
     assert client.get("/execution-parameters").get_json() == {
-        "MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 2}
+        "MaxConcurrentTransforms": 12, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 2}
     check_error(post(client, b"\0" * 2_500_001, "application/x-npy"), 413)
     check_error(post(client, b"\0" * 2_499_999, "application/x-npy"), 400)
     check_error(post(client, big_png(100, 51), "image/png"), 400, "limit")

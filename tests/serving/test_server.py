@@ -122,7 +122,7 @@ def test_runs_the_configured_workers(server):
 def test_execution_parameters(server):
     response = requests.get(f"{server.url}/execution-parameters", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"MaxConcurrentTransforms": WORKERS, "BatchStrategy": "SINGLE_RECORD",
+    assert response.json() == {"MaxConcurrentTransforms": WORKERS * 8, "BatchStrategy": "SINGLE_RECORD",
                                "MaxPayloadInMB": int(MAX_PAYLOAD_MB)}
 
 
@@ -356,7 +356,7 @@ def test_empty_model_dir_ping_503_quickly(empty_server):
 def test_empty_model_dir_invocations_503_json(empty_server):
     message = check_error(post(empty_server, variants()["jpeg"]), 503, "model failed to load")
     assert "model_config.json" in message
-    assert requests.get(f"{empty_server.url}/execution-parameters", timeout=5).json()["MaxConcurrentTransforms"] == 1
+    assert requests.get(f"{empty_server.url}/execution-parameters", timeout=5).json()["MaxConcurrentTransforms"] == 8
     assert empty_server.process.poll() is None and children(empty_server.process.pid) == empty_server.workers
 
 

@@ -106,8 +106,10 @@ def invocations():
 
 @bp.get("/execution-parameters")
 def execution_parameters():
-    """What SageMaker Batch Transform should send: one image per request, at most the payload limit."""
-    return jsonify(MaxConcurrentTransforms=current_app.config["WORKERS"], BatchStrategy="SINGLE_RECORD",
+    """What SageMaker Batch Transform should send: one image per request, at most the payload limit,
+    as many at once as the server takes (workers × threads), so that they are batched."""
+    return jsonify(MaxConcurrentTransforms=current_app.config["WORKERS"] * current_app.config["THREADS"],
+                   BatchStrategy="SINGLE_RECORD",
                    MaxPayloadInMB=max(1, current_app.config["MAX_CONTENT_LENGTH"] // 1_000_000))
 
 
@@ -130,7 +132,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create and configure the model server app; the model starts loading at once.
 
     Config keys: MODEL_DIR (the model artifacts), MAX_CONTENT_LENGTH (bytes), MAX_IMAGE_PIXELS
-    (pixels, None = Pillow's), WORKERS (for /execution-parameters), LOAD_IN_BACKGROUND,
+    (pixels, None = Pillow's), WORKERS and THREADS (for /execution-parameters), LOAD_IN_BACKGROUND,
     TORCHSCRIPT (serve the model optimised with TorchScript), LOAD_WAIT (seconds a request
     waits for a model still loading before its 503; default half the worker timeout),
     MAX_BATCH (images in one batched forward pass).
@@ -140,7 +142,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
         MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=env.max_payload_bytes,
-        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers, LOAD_IN_BACKGROUND=True,
+        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers,
+        THREADS=env.model_server_threads, LOAD_IN_BACKGROUND=True,
         TORCHSCRIPT=env.torchscript, LOAD_WAIT=env.model_server_timeout / 2, MAX_BATCH=env.max_batch)
     app.config.update(config or {})
     app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],

@@ -3,16 +3,17 @@
 | variable | default | meaning |
 | --- | --- | --- |
 | SAGEMAKER_BIND_TO_PORT | 8080 | port to listen on, all interfaces |
-| MODEL_SERVER_WORKERS | CPU cores | worker processes, each with its own copy of the model |
+| MODEL_SERVER_WORKERS | 1 | worker processes, each with its own copy of the model (see SageMakerEnv) |
 | MODEL_SERVER_TIMEOUT | 60 | seconds a request may take before its worker is restarted |
 | SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | largest request body (read by the app) |
 | MODEL_SERVER_MAX_IMAGE_PIXELS | Pillow's | decompression-bomb limit per image |
 | MODEL_SERVER_TORCHSCRIPT | true | serve the model frozen and optimised with TorchScript (read by the app) |
-| MODEL_SERVER_THREADS | 8 | request threads per worker (gthread): decode and preprocess in parallel |
+| MODEL_SERVER_THREADS | 8 | request threads per worker (gthread): requests read and decoded at once |
 | MODEL_SERVER_MAX_BATCH | 16 | images one forward pass takes from the waiting requests (read by the app) |
 
-Each worker's torch uses every core: forward passes take turns machine-wide (serving/batcher.py),
-so they never fight over the cores, and concurrent requests share a batched forward.
+Each worker's torch uses every core: the server's forward passes take turns (serving/batcher.py,
+serving/shared.py), so they never fight over the cores, and concurrent requests share a
+batched forward pass. A slow client holds one thread, not a worker.
 """
 
 import os
