@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests share a forward pass, each gets its own rows; the machine-wide lock."""
+"""Dynamic batching: concurrent requests share a forward pass, each gets its own rows; the server-wide lock."""
 
 import os
 import signal
@@ -22,6 +22,19 @@ def identify(batch: torch.Tensor) -> np.ndarray:
 
 def rows(value: float, n: int = 1, side: int = 4) -> torch.Tensor:
     return torch.full((n, 3, side, side), value)
+
+
+def first_then_queued(threads: list[threading.Thread], gate: threading.Event) -> None:
+    """Start the first thread, whose forward pass blocks on `gate`, then the others (they queue
+    behind it), open the gate and wait for all."""
+    threads[0].start()
+    time.sleep(0.2)  # the first request's forward is running
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
 
 
 @pytest.fixture
@@ -52,14 +65,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(lock):
         results[i] = batcher.predict(rows(float(i), n=2))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    threads[0].start()
-    time.sleep(0.2)  # the first request's forward is running: the other five queue behind it
-    for thread in threads[1:]:
-        thread.start()
-    time.sleep(0.2)
-    gate.set()
-    for thread in threads:
-        thread.join(10)
+    first_then_queued(threads, gate)
     assert {i: r.ravel().tolist() for i, r in results.items()} == {i: [float(i)] * 2 for i in range(6)}
     assert sizes == [2, 10]  # the five waiting requests (10 images) in one forward pass
 
@@ -76,14 +82,7 @@ def test_max_images_and_sizes_split_batches(lock):
     batcher = Batcher(slow, max_images=4, lock=lock)
     bodies = [rows(0.0)] + [rows(1.0, 3), rows(2.0, 3), rows(3.0, 1, side=8)]
     threads = [threading.Thread(target=batcher.predict, args=(b,)) for b in bodies]
-    threads[0].start()
-    time.sleep(0.2)
-    for thread in threads[1:]:
-        thread.start()
-    time.sleep(0.2)
-    gate.set()
-    for thread in threads:
-        thread.join(10)
+    first_then_queued(threads, gate)
     assert sizes[0] == (1, 3, 4, 4)
     assert sorted(sizes[1:]) == [(1, 3, 8, 8), (3, 3, 4, 4), (3, 3, 4, 4)]  # never over 4, never mixed sizes
 
@@ -129,14 +128,7 @@ def test_preparing_runs_in_the_batcher_thread_and_a_bad_input_fails_alone(lock):
             results[item] = str(exc)
 
     clients = [threading.Thread(target=client, args=(item,)) for item in ("1", "2", "bad", "3")]
-    clients[0].start()
-    time.sleep(0.2)
-    for thread in clients[1:]:
-        thread.start()
-    time.sleep(0.2)
-    gate.set()
-    for thread in clients:
-        thread.join(10)
+    first_then_queued(clients, gate)
     assert results == {"1": [1.0], "2": [2.0], "bad": "cannot preprocess", "3": [3.0]}
     assert threads_seen == {"batcher"} and batcher.batches == 2
 
