@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from tests.serving.images import b64, china_jpeg, npy, truncated_jpeg
-from tests.serving.test_server import Server, children, start, stop, wait_for_answer
+from tests.serving.servers import Server, children, start, stop, wait_for_answer
 
 pytestmark = pytest.mark.slow
 
