@@ -125,7 +125,8 @@ def requests_():
     others = st.fixed_dictionaries({
         "Accept": st.one_of(st.none(), st.sampled_from(ACCEPTS), header_text),
         "X-Amzn-SageMaker-Custom-Attributes": st.one_of(
-            st.none(), st.integers(-3, 1000).map(lambda k: f"top_k={k}"), header_text),
+            st.none(), st.integers(-3, 1000).map(lambda k: f"top_k={k}"), header_text.map(lambda v: f"top_k={v}"),
+            header_text),
     })
     return st.tuples(bodies_and_types, others).map(lambda t: (t[0][0], {
         k: v for k, v in {"Content-Type": t[0][1], **t[1]}.items() if v is not None}))
