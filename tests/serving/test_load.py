@@ -153,10 +153,10 @@ def send(server: Server, requests_: list[Kind | str], expected: dict[str, np.nda
     return outcomes
 
 
-def start_server(model_dir: Path, base_dir: Path, **env) -> Server:
+def start_server(model_dir: Path, base_dir: Path, workers: int = WORKERS, **env) -> Server:
     shutil.copytree(model_dir, base_dir / "model")
-    process, url, log = start(base_dir, WORKERS, **env)
-    return Server(url, process, log, wait_for_answer(url, process, log, want=200, workers=WORKERS))
+    process, url, log = start(base_dir, workers, **env)
+    return Server(url, process, log, wait_for_answer(url, process, log, want=200, workers=workers))
 
 
 @pytest.fixture(scope="module")
@@ -258,10 +258,13 @@ def test_sigterm_drains_requests_in_flight_and_exits_within_30_s(server, model_d
     assert server.process.returncode == 0, server.log_text()[-3000:]
 
 
-def test_sigkill_of_a_worker_under_load(model_dir, tmp_path):
+@pytest.mark.parametrize("workers", [WORKERS, 1])
+def test_sigkill_of_a_worker_under_load(model_dir, tmp_path, workers):
     """Under load at concurrency 8 (a new connection per request), one worker is SIGKILLed:
-    only requests it had in flight fail, `/ping` answers 200 all along, a new worker takes over."""
-    server = start_server(model_dir, tmp_path)
+    only requests it had in flight fail, `/ping` answers 200 all along, a new worker takes over.
+    With one worker (the default), requests and pings wait in the listen queue for its
+    replacement, which answers `/ping` at once and `/invocations` once its model is loaded."""
+    server = start_server(model_dir, tmp_path, workers)
     pings: list[str] = []
     finished: list[tuple[float, float, str]] = []  # (start, end, status or exception name)
     stopping = threading.Event()
@@ -303,8 +306,8 @@ def test_sigkill_of_a_worker_under_load(model_dir, tmp_path):
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 120
         while True:  # until the replacement has loaded its model and answered a request
-            workers = children(server.process.pid)
-            new = workers - server.workers
+            live = children(server.process.pid)
+            new = live - server.workers
             if new and f"pid=<{next(iter(new))}> \"POST /invocations HTTP/1.1\" 200" in server.log_text():
                 break
             assert time.monotonic() < deadline, server.log_text()[-3000:]
@@ -315,7 +318,7 @@ def test_sigkill_of_a_worker_under_load(model_dir, tmp_path):
         for thread in threads:
             thread.join(90)
         stop(server.process)
-    assert len(workers) == WORKERS and victim not in workers
+    assert len(live) == workers and victim not in live
     failed = [(began, ended, status) for began, ended, status in finished if status != "200"]
     assert all(began <= killed_at <= ended for began, ended, _ in failed), failed
     assert len(failed) <= CONCURRENCY
