@@ -1,5 +1,6 @@
 """Dynamic batching: concurrent requests share a forward pass, each gets its own rows; the server-wide lock."""
 
+import gc
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from image_classifier.serving.batcher import Batcher
-from image_classifier.serving.shared import ForwardLock
+from image_classifier.serving.shared import ForwardLock, RunDir
 
 
 def identify(batch: torch.Tensor) -> np.ndarray:
@@ -158,3 +159,16 @@ def test_the_lock_is_shared_by_processes_and_freed_when_its_holder_dies(tmp_path
     os.kill(holder.pid, signal.SIGKILL)  # a worker killed mid-forward
     holder.wait()
     assert acquired.wait(5)
+
+
+def test_run_dir_of_its_own_is_removed_and_a_removed_one_is_made_again(tmp_path):
+    run_dir = RunDir()
+    path = run_dir.path
+    assert path.is_dir() and not run_dir.ready
+    del run_dir
+    gc.collect()
+    assert not path.exists()  # an in-process app's directory does not outlive it
+    shared_dir = RunDir(tmp_path / "server")  # as gunicorn's master names it: kept
+    with shared_dir.lock().held():  # made again if something removed it
+        shared_dir.mark_ready()
+    assert shared_dir.ready

@@ -19,6 +19,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 RUN_DIR_ENV = "MODEL_SERVER_RUN_DIR"
@@ -36,10 +37,15 @@ def remove_run_dir(path: str | Path) -> None:
 
 
 class RunDir:
-    """The run directory `path`; default `$MODEL_SERVER_RUN_DIR`, else a new one of its own."""
+    """The run directory `path`; default `$MODEL_SERVER_RUN_DIR`, else a new one of its own,
+    removed when this object is collected or the process exits."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path or os.environ.get(RUN_DIR_ENV) or new_run_dir())
+        path = path or os.environ.get(RUN_DIR_ENV)
+        if path is None:
+            path = new_run_dir()
+            weakref.finalize(self, remove_run_dir, path)
+        self.path = Path(path)
 
     def lock(self) -> "ForwardLock":
         return ForwardLock(self.path / LOCK_FILE)
@@ -50,6 +56,7 @@ class RunDir:
         return (self.path / READY_FILE).exists()
 
     def mark_ready(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)  # in case a /tmp cleaner removed it
         (self.path / READY_FILE).touch()
 
 
@@ -67,6 +74,7 @@ class ForwardLock:
     @contextlib.contextmanager
     def held(self):
         if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # in case a /tmp cleaner removed it
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
