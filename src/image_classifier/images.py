@@ -47,8 +47,9 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int | None = N
     Args:
         source: a path, the encoded bytes, or a binary file object.
         max_pixels: decompression-bomb limit, see `check_pixels`; checked before the pixel
-            data is decoded. Images over `LARGE_IMAGE_PIXELS` decode one at a time. Pillow itself refuses, on open, images over twice its own
-            `Image.MAX_IMAGE_PIXELS`: raise that too to allow larger images.
+            data is decoded. Pillow itself refuses, on open, images over twice its own
+            `Image.MAX_IMAGE_PIXELS`: raise that too to allow larger images. Images over
+            `LARGE_IMAGE_PIXELS` decode one at a time in a process.
 
     Raises:
         PIL.Image.DecompressionBombError: the image has more than the limit's pixels.

@@ -28,6 +28,8 @@ MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
 TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
 THREADS_ENV = "MODEL_SERVER_THREADS"          # request threads per worker
 MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pass
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})    # how a boolean setting is written
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 DEFAULT_WORKERS = 1
 DEFAULT_THREADS = 8
 DEFAULT_MAX_BATCH = 16
@@ -221,7 +223,7 @@ class SageMakerEnv:
     @property
     def torchscript(self) -> bool:
         """Serve the model frozen and optimised with TorchScript (default), or eager."""
-        return self.environ.get(TORCHSCRIPT_ENV, "true").strip().lower() not in ("false", "0", "no", "off")
+        return self.environ.get(TORCHSCRIPT_ENV, "true").strip().lower() not in FALSE_WORDS
 
     @property
     def max_image_pixels(self) -> int | None:

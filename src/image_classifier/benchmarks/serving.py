@@ -206,19 +206,21 @@ def measure_server(port: int, payload_path: Path, seconds: float, count: int, li
     figures: dict[str, Any] = {**paired_latency(port, payload_path.read_bytes(), limit, seconds, count),
                                "limit": limit.throughput(seconds), "images_per_second": {}, "errors": {}}
     for concurrency in CONCURRENCY:
-        subprocess.run([sys.executable, "-m", "image_classifier.benchmarks.load",  # warm-up: every worker
-                        f"http://127.0.0.1:{port}/invocations", str(payload_path), "--concurrency",
-                        str(concurrency), "--count", str(2 * concurrency), "--seconds", "60"],
-                       capture_output=True, check=True)
-        result = json.loads(subprocess.run(
-            [sys.executable, "-m", "image_classifier.benchmarks.load", f"http://127.0.0.1:{port}/invocations",
-             str(payload_path), "--concurrency", str(concurrency), "--count", str(count), "--seconds", str(seconds)],
-            capture_output=True, text=True, check=True).stdout)
+        _load(port, payload_path, concurrency, 2 * concurrency, 60)  # warm-up: every worker
+        result = _load(port, payload_path, concurrency, count, seconds)
         figures["images_per_second"][concurrency] = len(result["latencies"]) / result["seconds"]
         if result["errors"]:
             figures["errors"][concurrency] = result["errors"]
     figures["best_images_per_second"] = max(figures["images_per_second"].values())
     return figures
+
+
+def _load(port: int, payload_path: Path, concurrency: int, count: int, seconds: float) -> dict[str, Any]:
+    """`benchmarks.load` in a process of its own against the server on `port`; its result."""
+    return json.loads(subprocess.run(
+        [sys.executable, "-m", "image_classifier.benchmarks.load", f"http://127.0.0.1:{port}/invocations",
+         str(payload_path), "--concurrency", str(concurrency), "--count", str(count), "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True).stdout)
 
 
 def serve_and_measure(command: list[str], env: dict[str, str], port: int, payload_path: Path, seconds: float,
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench_serving.json"), help="where the figures go")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="also run the server with this environment, side by side (repeatable), e.g. "
-                             "eager:MODEL_SERVER_TORCHSCRIPT=false; the first variant is the headline")
+                             "eager:MODEL_SERVER_TORCHSCRIPT=false; the headline stays the server with its defaults")
     args = parser.parse_args(argv)
     variants = {"server": {}}
     for spec in args.variant:

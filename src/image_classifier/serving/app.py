@@ -94,12 +94,13 @@ def invocations():
     # a body over 64 kB is left unread, and the client's next request on it would fail.
     body = _request_body()
     accept = negotiate_accept(request.headers.get("Accept"))
+    holder = _holder()
     # this worker may still be loading while another already answers /ping 200: wait for it
-    predictor = _holder().get(current_app.config["LOAD_WAIT"])
+    predictor = holder.get(current_app.config["LOAD_WAIT"])
     top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
     inputs = codec.decode(body, request.headers.get("Content-Type"), current_app.config["MAX_IMAGE_PIXELS"])
     # decoded in this request's thread; preprocessed and predicted in a batch with others
-    probabilities = _holder().batcher.predict(inputs)
+    probabilities = holder.batcher.predict(inputs)
     body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)
     return Response(body, mimetype=accept)
 

@@ -59,7 +59,8 @@ def pre_request(worker, req):
 
 
 def post_fork(server, worker):
-    """Every core for each worker's forward passes (they take turns); torch, imported later by the model loader, reads this."""
+    """Every core for each worker's forward passes (they take turns): torch, imported later by
+    the model loader, reads OMP_NUM_THREADS. Pillow's limit and block size for this worker."""
     from PIL import Image
 
     threads = os.cpu_count() or 1

@@ -10,13 +10,12 @@ from typing import Any, Mapping
 
 from image_classifier.debugging.rules import RULE_NAMES
 from image_classifier.models import MODEL_NAMES
+from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE_MODES = ("backbone", "none")
 LR_SCHEDULERS = ("cosine", "none")
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -146,9 +145,9 @@ def _convert(key: str, value: Any, type_name: Any) -> Any:
         if type_name == "bool":
             if isinstance(value, bool):
                 return value
-            if text.lower() in _TRUE:
+            if text.lower() in TRUE_WORDS:
                 return True
-            if text.lower() in _FALSE:
+            if text.lower() in FALSE_WORDS:
                 return False
             raise ValueError
         if type_name == "int":
