@@ -96,6 +96,11 @@ def create_model(name: str, num_classes: int, dropout: float = 0.0,
     return model
 
 
+def head_path(name: str) -> str:
+    """The dotted path of `name`'s classification head, e.g. `fc` on ResNets."""
+    return _arch(name).head
+
+
 def head_module(model: nn.Module, name: str) -> nn.Module:
     """The new classification head of a model built by `create_model(name, ...)`."""
     return model.get_submodule(_arch(name).head)

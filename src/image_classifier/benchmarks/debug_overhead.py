@@ -18,11 +18,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from image_classifier import datasets
 from image_classifier.demo import lay_out
-from image_classifier.sagemaker_env import BASE_DIR_ENV
-from image_classifier.training import read_epochs
+from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier.training import METRICS_FILE
 
 CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
                   "debug+profile": {"debug": "true", "profile": "true"}}
@@ -30,21 +31,34 @@ JOB = {"model": "resnet18", "pretrained": "false", "freeze": "none", "image-size
        "lr": "0.002", "optimizer": "adamw", "num-workers": "0", "seed": "0"}
 
 
-def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str]) -> dict[str, float]:
-    """One training job in a fresh process; its loop time and whole time (seconds).
+def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str],
+            prepare: Callable[[SageMakerEnv], None] | None = None) -> dict[str, float]:
+    """One training job in a fresh process; its loop time and whole time (seconds) and accuracy.
+
+    `prepare` may change the laid-out tree before the job starts (e.g. link a checkpoint dir).
+
+    Returns:
+        `loop_seconds` (the sum of `epoch_seconds`), `job_seconds` (process start to exit),
+        `valid_accuracy` (the best epoch's) and `test_accuracy` (when there is a test channel).
 
     Raises:
         RuntimeError: the job failed (its log's tail in the message).
     """
     env = lay_out(base_dir, data_dir, hyperparameters)
+    if prepare:
+        prepare(env)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "image_classifier.train"], capture_output=True, text=True,
                             env={**os.environ, BASE_DIR_ENV: str(env.base_dir)})
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"training job failed:\n{result.stdout[-3000:]}")
-    epochs = read_epochs(env.output_data_dir)
-    return {"loop_seconds": sum(e["epoch_seconds"] for e in epochs), "job_seconds": seconds}
+    summary = json.loads((env.output_data_dir / METRICS_FILE).read_text())
+    figures = {"loop_seconds": sum(e["epoch_seconds"] for e in summary["epochs"]), "job_seconds": seconds,
+               "valid_accuracy": summary["best_valid_accuracy"]}
+    if "test_accuracy" in summary:
+        figures["test_accuracy"] = summary["test_accuracy"]
+    return figures
 
 
 def benchmark(data_dir: Path, workdir: Path, epochs: int, rounds: int) -> dict[str, dict[str, float]]:

@@ -15,8 +15,7 @@ from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE_MODES = ("backbone", "none")
 LR_SCHEDULERS = ("cosine", "none")
-
-
+FEATURE_CACHE_MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -40,6 +39,11 @@ class TrainConfig:
     image_size: int = 224             # side of the square network input, pixels
     crop_scale_min: float = 0.08      # RandomResizedCrop's smallest area fraction (torchvision default)
     hflip_prob: float = 0.5           # RandomHorizontalFlip probability, 0 = off
+    augment: bool = True              # false: train on the eval transforms (no random crop or flip)
+    feature_cache: str = "auto"       # backbone features computed once: auto (freeze=backbone and
+                                      # augment=false), on (needs freeze=backbone) or off
+    channels_last: bool = True        # NHWC memory format on a GPU (faster convolutions; ignored on the CPU)
+    compile: bool = False             # torch.compile the model (needs a C compiler in the image)
     num_workers: int = -1             # DataLoader worker processes; -1 = min(4, CPU cores)
     seed: int = 42
     early_stopping_patience: int = 0  # stop after this many epochs without a better valid_accuracy; 0 = off
@@ -98,6 +102,9 @@ class TrainConfig:
         check(self.model in MODEL_NAMES, "model", f"one of {', '.join(MODEL_NAMES)}")
         check(self.freeze in FREEZE_MODES, "freeze", f"one of {', '.join(FREEZE_MODES)}")
         check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        check(self.feature_cache in FEATURE_CACHE_MODES, "feature-cache", f"one of {', '.join(FEATURE_CACHE_MODES)}")
+        check(self.feature_cache != "on" or self.freeze == "backbone", "feature-cache",
+              "auto or off with freeze=none (a backbone that trains changes its features every step)")
         check(self.lr_scheduler in LR_SCHEDULERS, "lr-scheduler", f"one of {', '.join(LR_SCHEDULERS)}")
         check(self.lr > 0, "lr", "> 0")
         check(self.batch_size >= 1, "batch-size", ">= 1")
@@ -114,6 +121,13 @@ class TrainConfig:
         known = {n.lower() for n in RULE_NAMES}
         check(all(n.strip().lower() in known for n in self.debug_stop_on.split(",") if n.strip()),
               "debug-stop-on", f"a comma-separated list of {', '.join(RULE_NAMES)}")
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Whether the job trains the head on cached backbone features (see training.features)."""
+        if self.feature_cache == "auto":
+            return self.freeze == "backbone" and not self.augment
+        return self.feature_cache == "on"
 
     @property
     def stop_on_rules(self) -> tuple[str, ...]:

@@ -52,16 +52,22 @@ class ScanResult:
     skipped: list[tuple[str, str]]      # (path, reason)
 
 
+def list_files(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
+    """Every file under each class folder of `root`, as (path, class_id), in a fixed order."""
+    paths: list[tuple[str, int]] = []
+    for class_id, name in enumerate(class_names):
+        for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
+            paths += [(os.path.join(dirpath, f), class_id) for f in sorted(files)]
+    return paths
+
+
 def scan_channel(root: Path, class_names: list[str], workers: int = 8) -> ScanResult:
     """List every file under each class folder and keep those that decode.
 
     Corrupt, truncated, empty and non-image files are skipped and returned with the reason;
     the caller logs them. Decoding runs on `workers` threads (Pillow releases the GIL).
     """
-    paths: list[tuple[str, int]] = []
-    for class_id, name in enumerate(class_names):
-        for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
-            paths += [(os.path.join(dirpath, f), class_id) for f in sorted(files)]
+    paths = list_files(root, class_names)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         problems = list(pool.map(_check_image, [p for p, _ in paths]))
     samples = [s for s, why in zip(paths, problems) if why is None]
@@ -190,14 +196,15 @@ def _find_classes(path: Path) -> list[str]:
         return []
 
 
-def make_loader(dataset: ImageFolderChannel, batch_size: int, num_workers: int, train: bool,
-                seed: int, pin_memory: bool) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool,
+                seed: int, pin_memory: bool, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader over `dataset` driven by an `EpochSampler` (shuffled for training).
 
     Training drops the last partial batch when there is more than one batch (BatchNorm
-    cannot train on a batch of one).
+    cannot train on a batch of one). Worker processes stay alive between epochs; batches
+    go to pinned memory when `pin_memory` (a GPU job), so that copies to the GPU can overlap.
     """
     sampler = EpochSampler(len(dataset), seed, shuffle=train)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      drop_last=train and len(dataset) > batch_size)
+                      drop_last=train and len(dataset) > batch_size, collate_fn=collate_fn)

@@ -12,13 +12,14 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from image_classifier import artifacts, models
 from image_classifier.debugging.debugger import Debugger
 from image_classifier.profiling.profiler import Profiler
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import METRICS_FILE, TrainingInterrupted, data
+from image_classifier.training import METRICS_FILE, TrainingInterrupted, data, features
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.loop import Meter, evaluate, train_one_epoch
 from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
@@ -139,29 +140,57 @@ def _write_metrics(env: SageMakerEnv, state: JobState, test: dict[str, float] | 
     artifacts.atomic_write_bytes(env.output_data_dir / METRICS_FILE, json.dumps(summary, indent=2).encode())
 
 
-def make_loaders(env: SageMakerEnv, config: TrainConfig, pin_memory: bool) -> tuple[list[str], dict]:
-    """The class folder names and one DataLoader per channel (train, valid, and test if present).
+def find_channels(env: SageMakerEnv) -> tuple[dict[str, Path], list[str]]:
+    """The channels (train, valid, and test if present) and their class folder names.
 
     Raises:
         FileNotFoundError: the train or valid channel is missing.
-        ValueError: channels with different classes, or a channel without readable images.
+        ValueError: channels with different classes.
     """
     channels = data.resolve_channels(env.channel_dir)
     if data.VALID not in channels:
         raise FileNotFoundError(f"no valid (or validation) channel at {env.channel_dir(data.VALID)}: "
                                 f"the best weights are chosen on it")
-    class_names = data.class_names_of(channels)
+    return channels, data.class_names_of(channels)
+
+
+def make_loaders(config: TrainConfig, channels: dict[str, Path], class_names: list[str],
+                 pin_memory: bool) -> dict[str, DataLoader]:
+    """One DataLoader of images per channel; train gets the train transforms if `augment`.
+
+    Raises:
+        ValueError: a channel without readable images.
+    """
     workers = _num_workers(config)
     loaders = {}
     for name, path in channels.items():
         is_train = name == data.TRAIN
         transform = (train_transform(config.image_size, config.crop_scale_min, config.hflip_prob)
-                     if is_train else eval_transform(config.image_size))
+                     if is_train and config.augment else eval_transform(config.image_size))
         dataset = data.ImageFolderChannel(path, class_names, transform, seed=config.seed, channel=name)
         if len(dataset) == 0:
             raise ValueError(f"the {name} channel ({path}) has no readable images")
         loaders[name] = data.make_loader(dataset, config.batch_size, workers, is_train, config.seed, pin_memory)
-    return class_names, loaders
+    return loaders
+
+
+def make_feature_loaders(env: SageMakerEnv, config: TrainConfig, channels: dict[str, Path],
+                         class_names: list[str], model: nn.Module, device: torch.device,
+                         amp_dtype: torch.dtype | None) -> dict[str, DataLoader]:
+    """One DataLoader of cached backbone features per channel (see `training.features`).
+
+    Raises:
+        ValueError: a channel without readable images.
+    """
+    if config.augment:
+        logger.warning("feature-cache=on: the train channel's features are computed once with the eval "
+                       "transforms, so augmentation (augment=true) is not applied")
+    cached = features.load_or_compute(
+        env.checkpoint_dir, channels, class_names, model, config.model, config.image_size,
+        config.batch_size, _num_workers(config), config.seed, device, amp_dtype, device.type == "cuda")
+    return {name: data.make_loader(dataset, config.batch_size, 0, name == data.TRAIN, config.seed,
+                                   pin_memory=False, collate_fn=features.as_batch)
+            for name, dataset in cached.items()}
 
 
 def _end_epoch(state: JobState, epoch: int, model: nn.Module, train: Meter, valid: dict[str, float]) -> dict:
@@ -188,7 +217,7 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         best epoch's validation figures.
 
     Raises:
-        FileNotFoundError, ValueError: see `make_loaders`.
+        FileNotFoundError, ValueError: see `find_channels` and `make_loaders`.
         models.PretrainedWeightsUnavailable: pretrained=true and no weights to be had.
         TrainingInterrupted: `should_stop()` turned true; a checkpoint was saved first.
         debugging.hook.DebugUnavailable: debugging asked for and smdebug cannot provide it.
@@ -217,10 +246,23 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
 def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
          debugger: Debugger | None, timer: NoTimer, should_stop: Callable[[], bool]) -> dict:
     hook = debugger.hook if debugger else None
-    class_names, loaders = make_loaders(env, config, pin_memory=device.type == "cuda")
+    channels, class_names = find_channels(env)
 
-    # model, loss, optimizer, schedule, and where a restarted job left off
+    # the model, and what trains: the whole of it on images, or only its head on cached features
     model = build_model(config, len(class_names), env).to(device)
+    if config.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convolutions, no transposes
+    if config.uses_feature_cache:
+        loaders = make_feature_loaders(env, config, channels, class_names, model, device, amp_dtype)
+        trainable = models.head_module(model, config.model)  # shares its parameters with `model`
+    else:
+        loaders = make_loaders(config, channels, class_names, pin_memory=device.type == "cuda")
+        trainable = model
+    if config.compile:
+        logger.info("compiling the model with torch.compile (the first steps take longer)")
+        trainable = torch.compile(trainable)  # a wrapper sharing the parameters: state_dict keys unchanged
+
+    # loss, optimizer, schedule, and where a restarted job left off
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
@@ -230,20 +272,20 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
     if hook:
-        hook.register(model, criterion, eval_criterion)
+        hook.register(trainable, criterion, eval_criterion)
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * config.batch_size)
         _set_train_mode(model, config)
-        train = train_one_epoch(model, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
+        train = train_one_epoch(trainable, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
                                 Meter(**state.meter), should_stop, hook, timer)
         if should_stop():
             state.step, state.meter = train.steps, train.state_dict()
             checkpointer.save(state, model, optimizer, scheduler, scaler)
             raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
-        valid = evaluate(model, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer)
+        valid = evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer)
         scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
@@ -261,7 +303,7 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy}
     test = None
     if data.TEST in loaders:
-        metrics = evaluate(model, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict")
+        metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict")
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
         logger.info(format_metrics(test))
         result.update(test)
