@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
+import subprocess
 
+import psutil
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
@@ -16,7 +20,8 @@ from image_classifier.training.data import EpochSampler
 from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE
 from image_classifier.training.loop import evaluate
 from image_classifier.transforms import eval_transform
-from tests.training.test_job import EPOCH_LINE, TEST_LINE, run_job
+from tests.conftest import write_digit_tree
+from tests.training.test_job import EPOCH_LINE, TEST_LINE, run_job, start_job
 
 
 # --- the sharded EpochSampler -----------------------------------------------------------------
@@ -165,3 +170,50 @@ def test_two_processes_train_one_job(opt_ml, digit_tree):
     assert spec.class_names == ["001.zero", "002.one", "003.two"]
     assert (env.checkpoint_dir / CHECKPOINT_FILE).exists()
     assert not env.failure_path.exists()
+
+
+STOPPED = re.compile(r"\[rank (\d)\] image_classifier\.train: stopped by SIGTERM in epoch (\d+) after step (\d+)")
+
+
+def _worker(job: subprocess.Popen, rank: int) -> psutil.Process:
+    """The training process of global `rank` under the job's torchrun."""
+    for child in psutil.Process(job.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("RANK") == str(rank):
+                return child
+    raise AssertionError(f"no worker of rank {rank} under {job.pid}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_and_the_job_resumes(opt_ml, tmp_path):
+    # 144 images: 9 steps of 8 a rank each epoch, so a SIGTERM after epoch 1 lands inside epoch 2
+    tree = write_digit_tree(tmp_path / "data", 3, {"train": 48, "valid": 8, "test": 8})
+    env = opt_ml(tree, epochs=3, **{PROCESSES_PER_HOST_HP: 2})
+    job = start_job(env)
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if "epoch=1 " in line:
+            _worker(job, 1).send_signal(signal.SIGTERM)
+            break
+    lines += job.stdout.readlines()
+    code, log = job.wait(timeout=120), "".join(lines)
+
+    assert code != 0, log
+    stopped = {int(rank): (int(epoch), int(step)) for rank, epoch, step in STOPPED.findall(log)}
+    assert stopped.keys() == {0, 1}, log  # rank 0 stopped too, rather than wait for rank 1 in all_reduce
+    assert stopped[0] == stopped[1] and stopped[0][0] == 2 and stopped[0][1] > 0
+    assert "SIGTERM" in env.failure_path.read_text()
+    saved = torch.load(env.checkpoint_dir / CHECKPOINT_FILE, weights_only=True)
+    assert (saved["job"]["epoch"], saved["job"]["step"]) == (1, stopped[0][1])
+    assert saved["job"]["meter"]["count"] == 2 * 8 * stopped[0][1]  # both ranks' images
+
+    code, log = run_job(env, timeout=180)
+
+    assert code == 0, log
+    assert "resuming from checkpoint" in log and not env.failure_path.exists()
+    assert [int(m.group(1)) for m in EPOCH_LINE.finditer(log)] == [2, 3]
+    metrics = json.loads((env.output_data_dir / METRICS_FILE).read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    epoch_2 = metrics["epochs"][1]  # counted once across the restart: 2 ranks x 9 steps x 8
+    assert round(epoch_2["images_per_second"] * epoch_2["epoch_seconds"]) == 144
