@@ -36,6 +36,14 @@ DEFAULT_MAX_BATCH = 16
 # A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
 # run (docker compose) set them without writing hyperparameters.json.
 HYPERPARAMETERS_ENV = "SM_HPS"
+# The cluster as the sagemaker-training toolkit's environment.py passes it to user scripts;
+# resourceconfig.json, which SageMaker itself writes, comes first.
+HOSTS_ENV = "SM_HOSTS"                # JSON list of host names, e.g. ["algo-1", "algo-2"]
+CURRENT_HOST_ENV = "SM_CURRENT_HOST"  # e.g. "algo-1"
+# SageMaker's own hyperparameters that shape a distributed job, as the toolkit reads them
+# (sagemaker_training/params.py; runner.py uses the first for torch_distributed too).
+PROCESSES_PER_HOST_HP = "sagemaker_mpi_num_of_processes_per_host"  # default: GPUs, or 1 without
+DISTRIBUTION_GROUPS_HP = "sagemaker_distribution_instance_groups"  # heterogeneous clusters
 
 DEFAULT_BASE_DIR = "/opt/ml"
 DEFAULT_PORT = 8080
@@ -66,6 +74,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, not {type(value).__name__}")
     return value
+
+
+def _json_list(name: str, text: str) -> list[str]:
+    """`text` (a JSON list, as SageMaker writes `SM_HOSTS`) as a list of strings.
+
+    Raises:
+        ValueError: naming `name`, when `text` is not a JSON list.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, str):  # SDK v2 JSON-encodes hyperparameter values once more
+        return _json_list(name, value)
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a JSON list such as [\"algo-1\", \"algo-2\"], not {text!r}")
+    return [str(v) for v in value]
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,51 @@ class SageMakerEnv:
     def resource_config(self) -> dict[str, Any]:
         """`resourceconfig.json`: current_host, hosts, network_interface_name."""
         return _read_json(self.resource_config_path)
+
+    def current_host(self) -> str:
+        """This container's host name (`algo-1`, ...): resourceconfig.json, else `SM_CURRENT_HOST`."""
+        return str(self.resource_config().get("current_host") or self.environ.get(CURRENT_HOST_ENV, "algo-1"))
+
+    def distribution_hosts(self) -> list[str]:
+        """The hosts that train together, sorted (SageMaker names them algo-1, algo-2, ...).
+
+        As the sagemaker-training toolkit's `Environment.get_distribution_hosts`: with
+        `instance_groups` in resourceconfig.json (heterogeneous clusters), the hosts of the groups
+        named by the `sagemaker_distribution_instance_groups` hyperparameter (default: this
+        host's group); else every host of resourceconfig.json, else `SM_HOSTS`, else this host.
+
+        Raises:
+            ValueError: `SM_HOSTS` or the groups hyperparameter is not a JSON list.
+        """
+        config = self.resource_config()
+        groups = config.get("instance_groups") or []
+        if groups:
+            wanted = self.hyperparameters().get(DISTRIBUTION_GROUPS_HP)
+            names = _json_list(DISTRIBUTION_GROUPS_HP, wanted) if wanted else [config.get("current_instance_group")]
+            return sorted(h for g in groups if g.get("instance_group_name") in names for h in g.get("hosts", []))
+        if config.get("hosts"):
+            return sorted(config["hosts"])
+        if self.environ.get(HOSTS_ENV):
+            return sorted(_json_list(HOSTS_ENV, self.environ[HOSTS_ENV]))
+        return [self.current_host()]
+
+    def processes_per_host(self) -> int | None:
+        """The `sagemaker_mpi_num_of_processes_per_host` hyperparameter; None when not set.
+
+        Raises:
+            ValueError: not a whole number >= 1.
+        """
+        raw = self.hyperparameters().get(PROCESSES_PER_HOST_HP)
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw) if raw.strip().startswith('"') else raw
+            count = int(str(value).strip())
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"hyperparameter {PROCESSES_PER_HOST_HP}={raw!r} is invalid: must be a whole number >= 1")
+        return count
 
     def channels(self) -> list[str]:
         """Channel names: those in `inputdataconfig.json`, else the folders under input/data."""

@@ -30,7 +30,9 @@ def test_the_emulator_receives_the_debug_training_job(aws, capsys, tmp_path):
     assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert job["RoleArn"] == ROLE
     assert job["HyperParameters"] == {"lr": "0.0123", "batch-size": "32", "debug-stop-on": "Overfit",
-                                      "debug": "true", "profile": "true"}
+                                      "debug": "true", "profile": "true",
+                                      "sagemaker_mpi_num_of_processes_per_host": "1"}  # no torchrun
+    assert job["ResourceConfig"]["InstanceCount"] == 1
     assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in job["InputDataConfig"]] == [
         ("train", "s3://ic-data/dogImages/train"), ("valid", "s3://ic-data/dogImages/valid"),
         ("test", "s3://ic-data/dogImages/test")]
@@ -76,6 +78,11 @@ def test_dry_run_sends_nothing_and_its_request_is_accepted(aws, capsys):
     sm.create_training_job(**request)
     assert describe("ic-debug-dry")["DebugHookConfig"]["CollectionConfigurations"] == \
         request["DebugHookConfig"]["CollectionConfigurations"]
+
+
+def test_a_debug_job_has_one_instance(aws, capsys):
+    assert train_debug.main([*BASE, "--instance-count", "2"]) == 2
+    assert "--instance-count 2: a debug job trains in one process" in capsys.readouterr().err
 
 
 def test_bad_best_file(aws, capsys, tmp_path):

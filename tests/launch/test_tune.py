@@ -23,7 +23,8 @@ def describe(name: str) -> dict:
 def test_the_emulator_receives_the_whole_tuning_job(aws, capsys):
     code, result = run(capsys, "--objective", "valid_loss", "--strategy", "Random", "--max-jobs", "6",
                        "--max-parallel-jobs", "3", "--hyperparameter", "model=resnet50",
-                       "--hyperparameter", "freeze=backbone", "--spot", "--instance-type", "ml.g5.xlarge")
+                       "--hyperparameter", "freeze=backbone", "--spot", "--instance-type", "ml.g5.xlarge",
+                       "--instance-count", "2")
     assert code == 0
     job = describe(result["HyperParameterTuningJobName"])
     config, definition = job["HyperParameterTuningJobConfig"], job["TrainingJobDefinition"]
@@ -46,6 +47,7 @@ def test_the_emulator_receives_the_whole_tuning_job(aws, capsys):
         ("test", "s3://ic-data/dogImages/test")]
     assert definition["OutputDataConfig"]["S3OutputPath"] == "s3://ic-out/jobs"
     assert definition["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert definition["ResourceConfig"]["InstanceCount"] == 2  # the container trains data-parallel
     assert definition["EnableManagedSpotTraining"] is True
     assert definition["CheckpointConfig"]["S3Uri"] == "s3://ic-out/jobs/checkpoints"
 
@@ -69,6 +71,7 @@ def test_dry_run_sends_nothing_and_its_request_is_accepted(aws, capsys):
     names = [j["HyperParameterTuningJobName"] for j in sm.list_hyper_parameter_tuning_jobs()[
         "HyperParameterTuningJobSummaries"]]
     assert "ic-dry-run" not in names
+    assert request["TrainingJobDefinition"]["ResourceConfig"]["InstanceCount"] == 1
     sm.create_hyper_parameter_tuning_job(**request)
     assert describe("ic-dry-run")["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
 
@@ -80,6 +83,14 @@ def test_dry_run_sends_nothing_and_its_request_is_accepted(aws, capsys):
 def test_bad_arguments_exit_2(aws, capsys, args, words):
     assert tune.main([*BASE, *args]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_instance_count_must_be_a_whole_number_from_1(aws, capsys, count):
+    with pytest.raises(SystemExit) as exit_:
+        tune.main([*BASE, "--instance-count", count])
+    assert exit_.value.code == 2
+    assert "--instance-count" in capsys.readouterr().err
 
 
 def test_wait_and_best_hyperparameters_from_the_emulator(aws, capsys, tmp_path):

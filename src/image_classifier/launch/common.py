@@ -60,12 +60,27 @@ def parse_static(pairs: list[str]) -> dict[str, str]:
     return static
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1. Raises: argparse.ArgumentTypeError: otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_training_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of every launcher that starts training jobs: image, role, region, channels, output."""
+    """The arguments of every launcher that starts training jobs: image, role, region, channels, output, instances."""
     parser.add_argument("--image", required=True, help="training image URI in ECR")
     parser.add_argument("--role", required=True, help="IAM role ARN the training jobs run as")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--data", required=True, help="S3 prefix holding the train/, valid/ and test/ channels")
     parser.add_argument("--output", required=True, help="S3 prefix for the model artifacts and outputs")
     parser.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    parser.add_argument("--instance-count", type=positive_int, default=1,
+                        help="instances per training job (default: %(default)s); with more than one, or with "
+                             "several GPUs, the container trains data-parallel under torchrun "
+                             "(training/distributed.py) on every channel replicated to each instance")
     parser.add_argument("--max-runtime", type=int, default=3600, help="seconds a training job may run")

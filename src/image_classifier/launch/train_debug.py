@@ -26,13 +26,15 @@ from image_classifier.launch import metrics
 from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
 from image_classifier.launch.tune import CHANNELS, default_job_name
 from image_classifier.launch.upload import parse_s3_uri
+from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP
 
 logger = logging.getLogger(__name__)
 
 CREATE_OPERATION = "CreateTrainingJob"
 TERMINAL = ("Completed", "Failed", "Stopped")
 CONTAINER_TENSORS = "/opt/ml/output/tensors"  # smdebug's LocalPath on SageMaker
-DEBUG_HYPERPARAMETERS = {"debug": "true", "profile": "true"}
+# The hooks, rules and reports assume one training process: no torchrun on a multi-GPU instance.
+DEBUG_HYPERPARAMETERS = {"debug": "true", "profile": "true", PROCESSES_PER_HOST_HP: "1"}
 # AWS's built-in rules, by the names of their configurations in smdebug_rulesconfig
 BUILTIN_RULES = ("vanishing_gradient", "overfit", "overtraining", "poor_weight_initialization")
 PROFILER_INTERVAL_MS = 500
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def hyperparameters_of(args: argparse.Namespace) -> dict[str, str]:
-    """--best's hyperparameters, then --hyperparameter pairs, then debug=true and profile=true.
+    """--best's hyperparameters, then --hyperparameter pairs, then debug=true, profile=true, one process a host.
 
     Raises:
         ValueError: --best is not a best_hyperparameters.json, or a pair has no `=`.
@@ -83,13 +85,20 @@ def job_paths(output: str, job_name: str) -> dict[str, str]:
 
 
 def training_job_request(args: argparse.Namespace, job_name: str, region: str) -> dict[str, Any]:
-    """The keyword arguments of `sagemaker.core.resources.TrainingJob.create` (shapes) for `args`."""
+    """The keyword arguments of `sagemaker.core.resources.TrainingJob.create` (shapes) for `args`.
+
+    Raises:
+        ValueError: --instance-count above 1 (debugging and profiling run in one process).
+    """
     from sagemaker.core.debugger import ProfilerRule, Rule, get_rule_container_image_uri, rule_configs
     from sagemaker.core.shapes import (AlgorithmSpecification, Channel, CollectionConfiguration, DataSource,
                                        DebugHookConfig, DebugRuleConfiguration, MetricDefinition, OutputDataConfig,
                                        ProfilerConfig, ProfilerRuleConfiguration, ResourceConfig, S3DataSource,
                                        StoppingCondition)
 
+    if args.instance_count != 1:
+        raise ValueError(f"--instance-count {args.instance_count}: a debug job trains in one process on one "
+                         f"instance (the debugger's hook and rules and the profiler assume one); use 1")
     data, output = args.data.rstrip("/"), args.output.rstrip("/")
     paths = job_paths(output, job_name)
     hook = hook_config(CONTAINER_TENSORS, paths["tensors"])
@@ -103,7 +112,8 @@ def training_job_request(args: argparse.Namespace, job_name: str, region: str) -
             s3_data_type="S3Prefix", s3_uri=f"{data}/{c}", s3_data_distribution_type="FullyReplicated")))
             for c in CHANNELS],
         output_data_config=OutputDataConfig(s3_output_path=output),
-        resource_config=ResourceConfig(instance_type=args.instance_type, instance_count=1, volume_size_in_gb=50),
+        resource_config=ResourceConfig(instance_type=args.instance_type, instance_count=args.instance_count,
+                                       volume_size_in_gb=50),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=args.max_runtime),
         debug_hook_config=DebugHookConfig(
             local_path=hook["LocalPath"], s3_output_path=hook["S3OutputPath"], hook_parameters=hook["HookParameters"],

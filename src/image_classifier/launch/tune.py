@@ -81,7 +81,8 @@ def make_tuner(args: argparse.Namespace, boto_session: boto3.Session):
     trainer = ModelTrainer(
         training_image=args.image, role=args.role, base_job_name="image-classifier",
         sagemaker_session=Session(boto_session=boto_session),
-        compute=Compute(instance_type=args.instance_type, instance_count=1, enable_managed_spot_training=args.spot),
+        compute=Compute(instance_type=args.instance_type, instance_count=args.instance_count,
+                        enable_managed_spot_training=args.spot),
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=args.max_runtime,
             **({"max_wait_time_in_seconds": 2 * args.max_runtime} if args.spot else {})),

@@ -126,24 +126,46 @@ class EpochSampler(Sampler):
 
     The permutation of epoch `e` is `torch.randperm(n)` from a generator seeded with
     `seed + e`, so a resumed job replays the same order; `start` skips the first items.
+
+    With `world_size` > 1 (data-parallel training, see `training.distributed`) each rank takes
+    its shard of that permutation the way `torch.utils.data.DistributedSampler` does: the
+    permutation is padded by repeating its head up to a multiple of `world_size` (`pad=True`,
+    for training: every rank then runs the same number of steps), and rank `r` takes items
+    `r, r + world_size, ...`. Without padding (`pad=False`, for evaluation) the shards are
+    disjoint and cover the permutation exactly, their lengths differing by at most one.
+    `start` then counts items of the rank's own shard.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def _shard(self) -> list[int]:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
-            order = torch.arange(self.n)
-        return iter([(self.epoch, i) for i in order[self.start:].tolist()])
+            order = list(range(self.n))
+        if self.world_size > 1 and self.pad and order:
+            total = -(-self.n // self.world_size) * self.world_size
+            order = (order * -(-total // self.n))[:total]  # DistributedSampler's padding
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self._shard()[self.start:]])
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start)
+        if self.world_size > 1 and self.pad and self.n:
+            shard = -(-self.n // self.world_size)
+        else:
+            shard = len(range(self.rank, self.n, self.world_size))
+        return max(0, shard - self.start)
 
 
 def resolve_channels(env_channel_dir: Callable[[str], Path]) -> dict[str, Path]:
@@ -196,15 +218,18 @@ def _find_classes(path: Path) -> list[str]:
         return []
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool,
-                seed: int, pin_memory: bool, collate_fn: Callable | None = None) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool, seed: int,
+                pin_memory: bool, rank: int = 0, world_size: int = 1,
+                collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader over `dataset` driven by an `EpochSampler` (shuffled for training).
 
     Training drops the last partial batch when there is more than one batch (BatchNorm
-    cannot train on a batch of one). Worker processes stay alive between epochs; batches
-    go to pinned memory when `pin_memory` (a GPU job), so that copies to the GPU can overlap.
+    cannot train on a batch of one). `rank`/`world_size`: this process's shard (padded for
+    training, exact for evaluation; see `EpochSampler`); `batch_size` is then per process.
+    Worker processes stay alive between epochs; batches go to pinned memory when
+    `pin_memory` (a GPU job), so that copies to the GPU can overlap.
     """
-    sampler = EpochSampler(len(dataset), seed, shuffle=train)
+    sampler = EpochSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size, pad=train)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      drop_last=train and len(dataset) > batch_size, collate_fn=collate_fn)
+                      drop_last=train and len(sampler) > batch_size, collate_fn=collate_fn)

@@ -19,7 +19,7 @@ from image_classifier.debugging.debugger import Debugger
 from image_classifier.profiling.profiler import Profiler
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import METRICS_FILE, TrainingInterrupted, data, features
+from image_classifier.training import METRICS_FILE, TrainingInterrupted, data, distributed, features
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.loop import Meter, evaluate, train_one_epoch
 from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
@@ -59,7 +59,7 @@ def _device_and_amp(config: TrainConfig) -> tuple[torch.device, torch.dtype | No
     if not torch.cuda.is_available():
         return torch.device("cpu"), None
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if config.amp else None
-    return torch.device("cuda"), amp
+    return distributed.device(), amp  # ddp: cuda:LOCAL_RANK
 
 
 def _num_workers(config: TrainConfig) -> int:
@@ -104,6 +104,8 @@ class Checkpointer:
         self.identity = identity  # config and classes: a checkpoint of another job is not resumed
 
     def save(self, state: JobState, model, optimizer, scheduler, scaler) -> None:
+        if not distributed.is_main():  # ddp: one writer
+            return
         artifacts.atomic_torch_save({
             "identity": self.identity, "job": vars(state), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -133,6 +135,8 @@ class Checkpointer:
 
 
 def _write_metrics(env: SageMakerEnv, state: JobState, test: dict[str, float] | None) -> None:
+    if not distributed.is_main():  # ddp: one writer
+        return
     summary = {"epochs": state.history, "best_epoch": state.best_epoch,
                "best_valid_accuracy": state.best_accuracy, "best_valid_loss": state.best_loss}
     if test is not None:
@@ -170,7 +174,8 @@ def make_loaders(config: TrainConfig, channels: dict[str, Path], class_names: li
         dataset = data.ImageFolderChannel(path, class_names, transform, seed=config.seed, channel=name)
         if len(dataset) == 0:
             raise ValueError(f"the {name} channel ({path}) has no readable images")
-        loaders[name] = data.make_loader(dataset, config.batch_size, workers, is_train, config.seed, pin_memory)
+        loaders[name] = data.make_loader(dataset, distributed.per_rank_batch(config.batch_size), workers,  # ddp
+                                         is_train, config.seed, pin_memory, **distributed.shard())
     return loaders
 
 
@@ -178,6 +183,9 @@ def make_feature_loaders(env: SageMakerEnv, config: TrainConfig, channels: dict[
                          class_names: list[str], model: nn.Module, device: torch.device,
                          amp_dtype: torch.dtype | None) -> dict[str, DataLoader]:
     """One DataLoader of cached backbone features per channel (see `training.features`).
+
+    Under DDP the processes of one machine share its checkpoint dir: the first computes the
+    features, the others wait on the cache's lock and read them.
 
     Raises:
         ValueError: a channel without readable images.
@@ -188,8 +196,8 @@ def make_feature_loaders(env: SageMakerEnv, config: TrainConfig, channels: dict[
     cached = features.load_or_compute(
         env.checkpoint_dir, channels, class_names, model, config.model, config.image_size,
         config.batch_size, _num_workers(config), config.seed, device, amp_dtype, device.type == "cuda")
-    return {name: data.make_loader(dataset, config.batch_size, 0, name == data.TRAIN, config.seed,
-                                   pin_memory=False, collate_fn=features.as_batch)
+    return {name: data.make_loader(dataset, distributed.per_rank_batch(config.batch_size), 0, name == data.TRAIN,
+                                   config.seed, pin_memory=False, collate_fn=features.as_batch, **distributed.shard())
             for name, dataset in cached.items()}
 
 
@@ -223,6 +231,7 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         debugging.hook.DebugUnavailable: debugging asked for and smdebug cannot provide it.
     """
     _seed_everything(config.seed)
+    distributed.check_config(config)  # ddp
     device, amp_dtype = _device_and_amp(config)
     logger.info("training on %s%s with %s", device, f" ({amp_dtype})" if amp_dtype else "", config.to_dict())
     # None unless asked for; they fail here, not mid-job
@@ -258,9 +267,6 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     else:
         loaders = make_loaders(config, channels, class_names, pin_memory=device.type == "cuda")
         trainable = model
-    if config.compile:
-        logger.info("compiling the model with torch.compile (the first steps take longer)")
-        trainable = torch.compile(trainable)  # a wrapper sharing the parameters: state_dict keys unchanged
 
     # loss, optimizer, schedule, and where a restarted job left off
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -273,23 +279,31 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
     if hook:
         hook.register(trainable, criterion, eval_criterion)
+    # what runs the training steps: DDP over `trainable` under torchrun, compiled if asked;
+    # wrappers that share its parameters, so `model` keeps its state_dict keys
+    train_module = distributed.wrap(trainable)
+    if config.compile:
+        logger.info("compiling the trained module with torch.compile (the first steps take longer)")
+        train_module = torch.compile(train_module)
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
-        loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * config.batch_size)
+        loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * loaders[data.TRAIN].batch_size)
         _set_train_mode(model, config)
-        train = train_one_epoch(trainable, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
-                                Meter(**state.meter), should_stop, hook, timer)
+        train = train_one_epoch(train_module, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
+                                Meter(**distributed.local_meter(state.meter)), should_stop, hook, timer)
+        train = distributed.settle_epoch(model, train)  # ddp: the job's figures, rank 0's buffers
         if should_stop():
             state.step, state.meter = train.steps, train.state_dict()
             checkpointer.save(state, model, optimizer, scheduler, scaler)
             raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
-        valid = evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer)
+        valid = evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer,
+                         reduce=distributed.all_reduce_meter)
         scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
-        logger.info(format_metrics(line))
+        logger.info(format_metrics(line))  # ddp: ranks other than 0 log warnings only
         _write_metrics(env, state, None)
         if config.early_stopping_patience and state.epochs_without_improvement >= config.early_stopping_patience:
             logger.info("early stopping: no better valid_accuracy for %d epochs", state.epochs_without_improvement)
@@ -300,10 +314,12 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
 
     # the best weights are the model: test them, then write the artifacts
     model.load_state_dict(state.best_state)
+    distributed.check_in_sync(model)  # ddp
     result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy}
     test = None
     if data.TEST in loaders:
-        metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict")
+        metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict",
+                           reduce=distributed.all_reduce_meter)
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
         logger.info(format_metrics(test))
         result.update(test)
@@ -313,6 +329,8 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
 
 
 def _save_artifacts(env: SageMakerEnv, config: TrainConfig, class_names: list[str], state_dict: dict) -> None:
+    if not distributed.is_main():  # ddp: one writer
+        return
     spec = artifacts.ModelSpec(
         arch=config.model, num_classes=len(class_names), class_names=class_names,
         labels=[data.label_of(c) for c in class_names], image_size=config.image_size,

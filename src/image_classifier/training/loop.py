@@ -106,10 +106,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
              amp_dtype: torch.dtype | None, hook: DebugHook | None = None,
-             hook_mode: str = "eval", timer: NoTimer = NO_TIMER) -> dict[str, float]:
+             hook_mode: str = "eval", timer: NoTimer = NO_TIMER,
+             reduce: Callable[[Meter], Meter] | None = None) -> dict[str, float]:
     """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`.
 
     `hook_mode` is the smdebug mode of the pass: "eval" for validation, "predict" for the test channel.
+    `reduce` turns the pass's Meter into the job's (distributed.all_reduce_meter adds the ranks'
+    shards); `model` must then be the unwrapped module, so that ranks with shards of unequal
+    length run no collective in the pass.
     """
     model.eval()
     if hook:
@@ -123,4 +127,4 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
         meter.update(loss, logits, targets)
         timer.end_step()
     meter.seconds = time.perf_counter() - start
-    return meter.metrics()
+    return (reduce(meter) if reduce else meter).metrics()
