@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with Optuna, each trial a real training job")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/, valid/ and test/")
     p.add_argument("--output", type=Path, default=Path("tuning"),
-                   help="study database, trials/<number>/ (each an /opt/ml tree), table, "
+                   help="study database, trials/<training job>/ (each an /opt/ml tree), table, "
                         "best_hyperparameters.json, plots/ (default: ./tuning)")
     p.add_argument("--max-trials", type=int, default=8, help="trials this command runs (default: %(default)s)")
     p.add_argument("--parallel", type=int, default=2, help="training jobs at a time (default: %(default)s)")

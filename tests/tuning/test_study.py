@@ -78,14 +78,15 @@ def test_a_small_study_writes_the_cloud_tuners_best_hyperparameters(tiny_tree, t
     assert best["tuning_job"] == "small" and best["training_job"] == f"small-{top.number:03d}"
     assert best["hyperparameters"] == {**STATIC, **{k: str(v) for k, v in top.params.items()}}
     for t in study.trials:  # each trial: its own tree, the job's hyperparameters, its model, the shared cache
-        base = out / "trials" / str(t.number)
+        base = out / "trials" / f"small-{t.number:03d}"
+        assert t.user_attrs["trial_dir"] == str(base.resolve())
         assert json.loads((base / "input" / "config" / "hyperparameters.json").read_text()) == \
             t.user_attrs["hyperparameters"]
         assert (base / "model").is_dir() and any((base / "model").iterdir())
         assert len(t.intermediate_values) == t.params["epochs"]
         link = base / "checkpoints" / "feature-cache"
         assert link.is_symlink() and link.resolve() == (out / "feature-cache").resolve()
-    assert f"small-{top.number:03d}" in printed and str(out / "trials" / str(top.number) / "model") in printed
+    assert f"small-{top.number:03d}" in printed and str(out / "trials" / best["training_job"] / "model") in printed
     assert (out / report.TRIALS_CSV).is_file() and (out / report.PLOTS_DIR / "optimization_history.png").is_file()
 
 

@@ -75,11 +75,11 @@ def test_a_pruned_trial_stops_its_job_and_is_marked_pruned(tiny_tree, tmp_path):
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]            # pruned on its first epoch line
     assert trial.user_attrs["exit_code"] == 143              # the job's answer to SIGTERM
-    env = SageMakerEnv(base_dir=tmp_path / "trials" / "0")
+    env = SageMakerEnv(base_dir=tmp_path / "trials" / "t-000")
     assert "SIGTERM" in env.failure_path.read_text()
     assert not list(env.model_dir.glob("*"))                 # it never got to its artifacts
     assert not (env.checkpoint_dir / CHECKPOINT_FILE).exists()  # removed once the trial ended
-    log = (tmp_path / "trials" / "0" / trial_module.LOG_FILE).read_text()
+    log = (env.base_dir / trial_module.LOG_FILE).read_text()
     assert "epoch=1 " in log and "epoch=20 " not in log
 
 
@@ -99,7 +99,7 @@ def test_a_failed_job_is_a_failed_trial_with_its_reason_and_the_study_goes_on(ti
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     for t in study.trials:
         assert t.user_attrs["exit_code"] == 1
-        reason = (tmp_path / "trials" / str(t.number) / "output" / "failure").read_text()
+        reason = (tmp_path / "trials" / f"t-{t.number:03d}" / "output" / "failure").read_text()
         assert t.user_attrs["failure"] == reason.strip() and "class" in reason
-    assert json.loads((tmp_path / "trials" / "1" / "input" / "config" / "hyperparameters.json").read_text())[
+    assert json.loads((tmp_path / "trials" / "t-001" / "input" / "config" / "hyperparameters.json").read_text())[
         "crop-scale-min"] == "0.5"

@@ -100,7 +100,7 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
 
     Args:
         data: the ImageFolder root with train/, valid/ and test/.
-        output: where the study database, trials/<number>/, the table, best_hyperparameters.json
+        output: where the study database, trials/<training job>/, the table, best_hyperparameters.json
             and plots/ go.
         static: hyperparameters every trial gets (strings).
         objective: one of `launch.metrics.OBJECTIVES`.

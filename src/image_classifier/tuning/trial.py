@@ -1,6 +1,6 @@
 """One tuning trial: a real training job on its own `/opt/ml` tree, its log read for metrics and pruning.
 
-The trial lays out `<workdir>/trials/<number>/` as SageMaker would (`demo.lay_out`), runs
+The trial lays out `<workdir>/trials/<training job>/` as SageMaker would (`demo.lay_out`), runs
 `python -m image_classifier.train` on it, and reads the job's stdout line by line with the
 cloud metric definitions (`launch.metrics`). Each epoch line's objective is reported to Optuna;
 when the pruner says so, the job gets SIGTERM (it saves a checkpoint and exits 143, as on a
@@ -32,7 +32,7 @@ from image_classifier.training.job import CHECKPOINT_FILE
 
 logger = logging.getLogger(__name__)
 
-TRIALS_DIR = "trials"            # <workdir>/trials/<number>/: one /opt/ml tree per trial
+TRIALS_DIR = "trials"            # <workdir>/trials/<training job>/: one /opt/ml tree per trial
 FEATURE_CACHE_DIR = "feature-cache"  # the job's backbone-feature cache, under its checkpoint dir
 LOG_FILE = "train.log"           # the job's whole stdout and stderr, in the trial's folder
 TAIL_LINES = 20                  # lines of the log a failed trial keeps as its reason
@@ -150,7 +150,8 @@ class TrialJob:
 
     Attributes:
         data_dir: the ImageFolder root with train/, valid/ and test/.
-        workdir: the tuning output folder; trials go to `<workdir>/trials/<number>/`.
+        workdir: the tuning output folder; trials go to `<workdir>/trials/<training job>/`
+            (studies sharing the folder do not overwrite each other's trials).
         objective: one of `launch.metrics.OBJECTIVES`.
         distributions: the search space, as `search_space.to_optuna` gives it.
         static: hyperparameters every trial gets (strings).
@@ -182,10 +183,10 @@ class TrialJob:
         if self.jobs.stopping.is_set():
             self._interrupted(trial, "the tuner is stopping: trial not started")
         hyperparameters = {**self.static, **suggest(trial, self.distributions)}
-        base = self.workdir / TRIALS_DIR / str(trial.number)
+        name = f"{self.name_prefix}-{trial.number:03d}"
+        base = self.workdir / TRIALS_DIR / name
         env = lay_out(base, self.data_dir, hyperparameters)
         link_feature_cache(env, self.workdir)
-        name = f"{self.name_prefix}-{trial.number:03d}"
         for key, value in {"training_job": name, "trial_dir": str(base.resolve()),
                            "hyperparameters": hyperparameters}.items():
             trial.set_user_attr(key, value)
