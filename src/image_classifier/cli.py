@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "machines (default: sqlite:///OUTPUT/study.db)")
     p.add_argument("--study-name", default=None,
                    help="continue this study if the storage has it, else create it (default: ic-local-<time>)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the TPE sampler")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the TPE sampler (Optuna reseeds it per thread: reproducible only with --parallel 1)")
     p.set_defaults(func=_tune)
     return parser
 

@@ -54,6 +54,19 @@ def test_bad_arguments_fail_before_any_job(tiny_tree, tmp_path, static, override
     assert not (tmp_path / "out" / "trials").exists()
 
 
+@pytest.mark.parametrize("kwargs", [{"max_trials": 0}, {"parallel": 0}])
+def test_at_least_one_trial_and_one_job_at_a_time(tiny_tree, tmp_path, kwargs):
+    with pytest.raises(ValueError, match="at least 1"):
+        study_module.tune(tiny_tree, tmp_path, {}, **kwargs)
+
+
+def test_a_study_continued_with_the_other_direction_is_refused(tiny_tree, tmp_path):
+    optuna.create_study(storage=f"sqlite:///{tmp_path / study_module.STUDY_DB}", study_name="s", direction="maximize")
+    with pytest.raises(ValueError, match="exists and maximizes its objective, not minimize"):
+        study_module.tune(tiny_tree, tmp_path, STATIC, objective="valid_loss", study_name="s")
+    assert not list((tmp_path / "trials").iterdir())
+
+
 def test_cli_exits_2_on_a_missing_channel(tmp_path, capsys):
     assert cli.main(["tune", "--data", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert "no train/ folder" in capsys.readouterr().err

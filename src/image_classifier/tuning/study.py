@@ -119,11 +119,13 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
         (the study, `report.write_outputs`' answer, whether a signal stopped it early).
 
     Raises:
-        ValueError: an unknown objective or pruner, a bad search space, static hyperparameters the
-            job refuses or that are also tuned, a missing channel, or an existing study of that
-            name that optimises the other way.
+        ValueError: an unknown objective or pruner, fewer than 1 trial or job at a time, a bad
+            search space, static hyperparameters the job refuses or that are also tuned, a missing
+            channel, or an existing study of that name that optimises the other way.
     """
     direction = metrics.objective_type(objective).lower()
+    if max_trials < 1 or parallel < 1:
+        raise ValueError(f"--max-trials ({max_trials}) and --parallel ({parallel}) must be at least 1")
     for channel in ("train", "valid"):
         if not (data / channel).is_dir():
             raise ValueError(f"no {channel}/ folder in {data}: --data takes an ImageFolder root with train/valid/test")

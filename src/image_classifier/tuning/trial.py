@@ -90,7 +90,7 @@ class Jobs:
     def __init__(self, grace_seconds: float = STOP_GRACE_SECONDS):
         self.stopping = threading.Event()  # set once the tuner was told to stop: no new job starts
         self.grace_seconds = grace_seconds
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal handler may run while this thread holds it
         self._running: set[subprocess.Popen] = set()
 
     def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -105,6 +105,8 @@ class Jobs:
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, start_new_session=True)
             self._running.add(process)
+        if self.stopping.is_set():  # a signal came while it started
+            self.stop(process)
         return process
 
     def finished(self, process: subprocess.Popen) -> None:
@@ -256,4 +258,5 @@ class TrialJob:
         finally:
             self.jobs.kill(process)  # only if the tuner itself failed while the job ran
             process.wait()
+            process.stdout.close()
             self.jobs.finished(process)
