@@ -1,4 +1,4 @@
-"""The `image-classifier` command: prepare-data, download-weights, predict, demo, report."""
+"""The `image-classifier` command: prepare-data, download-weights, predict, demo, report, tune."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import requests
 
 from image_classifier import datasets
+from image_classifier.launch import metrics
 from image_classifier.serving import content_types
+from image_classifier.tuning import PRUNERS
 
 _SUFFIX_TYPES = {".jpg": content_types.JPEG, ".jpeg": content_types.JPEG, ".png": content_types.PNG,
                  ".npy": content_types.NPY, ".json": content_types.JSON}
@@ -103,6 +105,33 @@ def _report(args: argparse.Namespace) -> int:
     return rebuild_reports(args.source, args.out)
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from image_classifier.launch.common import parse_static
+    from image_classifier.tuning.report import BEST_FILE
+    from image_classifier.tuning.study import EXIT_INTERRUPTED, tune
+
+    try:
+        ranges = args.search_space
+        if ranges is not None and not ranges.lstrip().startswith("{"):
+            ranges = Path(ranges).read_text()
+        study, outputs, interrupted = tune(
+            args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
+            max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
+            include_model=args.include_model, search_space_json=ranges, storage=args.storage,
+            study_name=args.study_name, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(outputs["table"])
+    best = outputs["best"]
+    if best is not None:
+        trial_dir = study.best_trial.user_attrs["trial_dir"]
+        print(f"best: {best['training_job']} {best['objective']}={best['objective_value']:.6g}; "
+              f"hyperparameters in {args.output / BEST_FILE}, model in {trial_dir}/model")
+    print(f"study {study.study_name}: table, trials.csv and plots/ in {args.output}")
+    return EXIT_INTERRUPTED if interrupted else 0 if best is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="where the reports go (default: the folder itself, else ./reports)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("tune", help="tune hyperparameters on this machine: the cloud tuner's search space "
+                                    "with Optuna, each trial a real training job")
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/, valid/ and test/")
+    p.add_argument("--output", type=Path, default=Path("tuning"),
+                   help="study database, trials/<training job>/ (each an /opt/ml tree), table, "
+                        "best_hyperparameters.json, plots/ (default: ./tuning)")
+    p.add_argument("--max-trials", type=int, default=8, help="trials this command runs (default: %(default)s)")
+    p.add_argument("--parallel", type=int, default=2, help="training jobs at a time (default: %(default)s)")
+    p.add_argument("--objective", default="valid_accuracy", choices=tuple(metrics.OBJECTIVES))
+    p.add_argument("--pruner", default="hyperband", choices=PRUNERS,
+                   help="stop unpromising trials on their per-epoch objective (default: %(default)s)")
+    p.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="a static hyperparameter of every trial (repeatable), e.g. pretrained=false")
+    p.add_argument("--search-space", default=None, metavar="JSON",
+                   help="ranges that override or add to the defaults: JSON text, or a file holding it")
+    p.add_argument("--include-model", action="store_true", help="tune the model too (all of the registry)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL, e.g. postgresql://user:pass@host/db to share a study between "
+                        "machines (default: sqlite:///OUTPUT/study.db)")
+    p.add_argument("--study-name", default=None,
+                   help="continue this study if the storage has it, else create it (default: ic-local-<time>)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the TPE sampler (Optuna reseeds it per thread: reproducible only with --parallel 1)")
+    p.set_defaults(func=_tune)
     return parser
 
 

@@ -56,3 +56,46 @@ def test_api_shape():
     assert api["IntegerParameterRanges"] == [
         {"Name": "epochs", "MinValue": "2", "MaxValue": "5", "ScalingType": "Linear"}]
     assert api["CategoricalParameterRanges"] == [{"Name": "batch-size", "Values": ["32", "64", "128"]}]
+
+
+@pytest.mark.parametrize("r, kind, log", [
+    (ss.ContinuousRange("lr", 0.001, 0.1, "Logarithmic"), "FloatDistribution", True),
+    (ss.ContinuousRange("lr", 0.001, 0.1, "Linear"), "FloatDistribution", False),
+    (ss.ContinuousRange("lr", 0.001, 0.1, "Auto"), "FloatDistribution", False),
+    (ss.IntegerRange("epochs", 2, 5, "Linear"), "IntDistribution", False),
+    (ss.IntegerRange("epochs", 2, 5, "Auto"), "IntDistribution", False),
+    (ss.IntegerRange("epochs", 1, 64, "Logarithmic"), "IntDistribution", True),
+])
+def test_numeric_ranges_map_onto_optuna(r, kind, log):
+    distribution = ss.to_optuna([r])[r.name]
+    assert type(distribution).__name__ == kind
+    assert (distribution.low, distribution.high, distribution.log) == (r.min, r.max, log)
+
+
+def test_categorical_range_maps_onto_optuna_with_its_strings():
+    distribution = ss.to_optuna([ss.CategoricalRange("batch-size", ("32", "64"))])["batch-size"]
+    assert type(distribution).__name__ == "CategoricalDistribution" and distribution.choices == ("32", "64")
+
+
+@pytest.mark.parametrize("r, words", [
+    (ss.ContinuousRange("lr", 0.001, 0.1, "ReverseLogarithmic"), "no Optuna distribution"),
+    (ss.IntegerRange("epochs", 2, 5, "ReverseLogarithmic"), "no Optuna distribution"),
+    (ss.IntegerRange("epochs", 0, 5, "Logarithmic"), "min >= 1"),
+])
+def test_ranges_optuna_cannot_sample_are_refused(r, words):
+    with pytest.raises(ValueError, match=words):
+        ss.to_optuna([r])
+
+
+def test_suggest_samples_every_range_with_its_distribution():
+    import optuna
+
+    distributions = ss.to_optuna(ss.search_space(include_model=True))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [ss.suggest(trial := study.ask(), distributions) for _ in range(20)]
+    assert study.trials[-1].distributions == distributions == trial.distributions
+    for sampled in values:
+        assert set(sampled) == set(distributions) and all(isinstance(v, str) for v in sampled.values())
+        assert 0.001 <= float(sampled["lr"]) <= 0.1 and sampled["epochs"] in {"2", "3", "4", "5"}
+        assert sampled["batch-size"] in {"32", "64", "128"} and sampled["model"] in MODEL_NAMES
+    assert len({v["lr"] for v in values}) == len(values)  # sampled, not fixed

@@ -8,7 +8,8 @@ file overrides or adds ranges:
      "epochs": {"type": "integer", "min": 3, "max": 8},
      "optimizer": {"type": "categorical", "values": ["adam", "sgd"]}}
 
-`to_sagemaker` gives the `ParameterRanges` of CreateHyperParameterTuningJob.
+`to_sagemaker` gives the `ParameterRanges` of CreateHyperParameterTuningJob; `to_optuna` the
+same ranges as Optuna distributions, for `image-classifier tune` on your own machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from image_classifier.training.config import TrainConfig
 
 # SageMaker's ScalingType values (API reference: ContinuousParameterRange, IntegerParameterRange)
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+# scaling → Optuna's log flag; ReverseLogarithmic has no Optuna counterpart
+_OPTUNA_LOG = {"Auto": False, "Linear": False, "Logarithmic": True}
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,58 @@ def to_sagemaker(ranges: list[Range]) -> dict[str, list[dict[str, Any]]]:
             result[key].append({"Name": r.name, "MinValue": str(r.min), "MaxValue": str(r.max),
                                 "ScalingType": r.scaling})
     return result
+
+
+def to_optuna(ranges: list[Range]) -> dict[str, Any]:
+    """The ranges as Optuna distributions, which `suggest` samples with `trial.suggest_*`.
+
+    Continuous ranges become `FloatDistribution`, integer ranges `IntDistribution`, both with
+    `log=True` for SageMaker's `Logarithmic` scaling; `Linear` and `Auto` sample linearly (Auto
+    lets SageMaker pick, Optuna has no such choice). Categorical values stay strings.
+
+    Raises:
+        ValueError: a range Optuna cannot sample: `ReverseLogarithmic` scaling (Optuna has no
+            such distribution), or a `Logarithmic` integer range below 1.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distributions: dict[str, Any] = {}
+    for r in ranges:
+        if isinstance(r, CategoricalRange):
+            distributions[r.name] = CategoricalDistribution(list(r.values))
+            continue
+        if r.scaling not in _OPTUNA_LOG:
+            raise ValueError(f"range {r.name}: scaling {r.scaling!r} has no Optuna distribution; "
+                             f"use one of {', '.join(_OPTUNA_LOG)}")
+        log = _OPTUNA_LOG[r.scaling]
+        if isinstance(r, IntegerRange):
+            if log and r.min < 1:
+                raise ValueError(f"range {r.name}: a logarithmic integer range needs min >= 1 for Optuna")
+            distributions[r.name] = IntDistribution(r.min, r.max, log=log)
+        else:
+            distributions[r.name] = FloatDistribution(r.min, r.max, log=log)
+    return distributions
+
+
+def suggest(trial: Any, distributions: dict[str, Any]) -> dict[str, str]:
+    """Sample one value of each distribution of `to_optuna` in an Optuna trial.
+
+    Args:
+        trial: an `optuna.Trial`.
+        distributions: `to_optuna`'s answer.
+
+    Returns:
+        hyperparameter name → value as a string, as the training job reads it.
+    """
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    values: dict[str, str] = {}
+    for name, d in distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            value = trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, IntDistribution):
+            value = trial.suggest_int(name, d.low, d.high, log=d.log)
+        else:
+            value = trial.suggest_float(name, d.low, d.high, log=d.log)
+        values[name] = str(value)
+    return values
