@@ -5,7 +5,8 @@
 # wrote the model artifacts and no failure file, that the server answers a real photo, and
 # that `docker run IMAGE train` fails with a failure file on a bad hyperparameter and that
 # `docker stop` makes the job save a checkpoint (SIGTERM reaches it), and that a job with
-# debug=true profile=true writes both reports (smdebug and the rest work in the image). Tears the
+# debug=true profile=true writes both reports (smdebug and the rest work in the image), and that a
+# frozen-backbone job trains on cached features with compile=true (the compiler is there). Tears the
 # containers down; the images and their build cache stay. Clears ./local/opt_ml first.
 # Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
 set -euo pipefail
@@ -100,6 +101,16 @@ done
 grep -q "debugger rules:" "$work/debug.log" && grep -q "profiler rules:" "$work/debug.log" \
   || fail "no rules tables in the debug training job's log"
 
-echo "== 8. tear down"
+echo "== 8. a frozen-backbone job on cached features, compiled (the image keeps a C++ compiler)"
+mkdir -p "$work/cache/input/config"
+echo '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "32", "num-workers": "0", "compile": "true"}' \
+  > "$work/cache/input/config/hyperparameters.json"
+"$ENGINE" run --rm -v "$work/cache:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train \
+  > "$work/cache.log" 2>&1 || fail "the cached, compiled training job failed: $(tail -20 "$work/cache.log")"
+[ "$(ls "$work"/cache/checkpoints/feature-cache/*.pt | wc -l)" = 3 ] || fail "no feature cache of 3 channels"
+[ -s "$work/cache/model/model.pth" ] || fail "the cached training job wrote no model"
+grep -q "test_accuracy=" "$work/cache.log" || fail "no test figures from the cached training job"
+
+echo "== 9. tear down"
 "${COMPOSE[@]}" down
 echo "container test passed"
