@@ -18,6 +18,13 @@ work=$(mktemp -d)
 fail() { echo "container test FAILED: $*" >&2; "${COMPOSE[@]}" logs >&2 || true; exit 1; }
 cleanup() { "${COMPOSE[@]}" down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
+# train_in_image NAME HYPERPARAMETERS_JSON: a training job in the image on $work/NAME, log in $work/NAME.log
+train_in_image() {
+  mkdir -p "$work/$1/input/config"
+  echo "$2" > "$work/$1/input/config/hyperparameters.json"
+  "$ENGINE" run --rm -v "$work/$1:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train \
+    > "$work/$1.log" 2>&1 || fail "the $1 training job failed: $(tail -20 "$work/$1.log")"
+}
 
 echo "== 1. build both images"
 scripts/build_images.sh
@@ -90,11 +97,7 @@ grep -q SIGTERM "$work/stop/output/failure" || fail "no SIGTERM reason in output
 echo "stopped: $(cat "$work/stop/output/failure")"
 
 echo "== 7. a training job with debug=true profile=true in the training image: both reports"
-mkdir -p "$work/debug/input/config"
-echo '{"model": "resnet18", "pretrained": "false", "freeze": "none", "epochs": "1", "image-size": "32", "num-workers": "0", "debug": "true", "profile": "true"}' \
-  > "$work/debug/input/config/hyperparameters.json"
-"$ENGINE" run --rm -v "$work/debug:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train \
-  > "$work/debug.log" 2>&1 || fail "the debug training job failed: $(tail -20 "$work/debug.log")"
+train_in_image debug '{"model": "resnet18", "pretrained": "false", "freeze": "none", "epochs": "1", "image-size": "32", "num-workers": "0", "debug": "true", "profile": "true"}'
 for report in debug/debugger-report.html profiler/profiler-report.html debug/rules/Overfit.json profiler/rules/StepOutlier.json; do
   [ -s "$work/debug/output/data/$report" ] || fail "the debug training job wrote no $report"
 done
@@ -102,11 +105,7 @@ grep -q "debugger rules:" "$work/debug.log" && grep -q "profiler rules:" "$work/
   || fail "no rules tables in the debug training job's log"
 
 echo "== 8. a frozen-backbone job on cached features, compiled (the image keeps a C++ compiler)"
-mkdir -p "$work/cache/input/config"
-echo '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "32", "num-workers": "0", "compile": "true"}' \
-  > "$work/cache/input/config/hyperparameters.json"
-"$ENGINE" run --rm -v "$work/cache:/opt/ml" -v "$PWD/data:/opt/ml/input/data:ro" image-classifier-train:latest train \
-  > "$work/cache.log" 2>&1 || fail "the cached, compiled training job failed: $(tail -20 "$work/cache.log")"
+train_in_image cache '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "32", "num-workers": "0", "compile": "true"}'
 [ "$(ls "$work"/cache/checkpoints/feature-cache/*.pt | wc -l)" = 3 ] || fail "no feature cache of 3 channels"
 [ -s "$work/cache/model/model.pth" ] || fail "the cached training job wrote no model"
 grep -q "test_accuracy=" "$work/cache.log" || fail "no test figures from the cached training job"
