@@ -252,21 +252,28 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
             debugger.close(evaluate_rules)
 
 
-def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
-         debugger: Debugger | None, timer: NoTimer, should_stop: Callable[[], bool]) -> dict:
-    hook = debugger.hook if debugger else None
-    channels, class_names = find_channels(env)
+def _model_and_data(env: SageMakerEnv, config: TrainConfig, device: torch.device,
+                    amp_dtype: torch.dtype | None) -> tuple[list[str], nn.Module, nn.Module, dict[str, DataLoader]]:
+    """The class names, the model, what trains, and the loaders.
 
-    # the model, and what trains: the whole of it on images, or only its head on cached features
+    What trains is the whole model on images, or only its head on cached backbone features
+    (`feature-cache`); the head shares its parameters with the model, which is what the job
+    checkpoints and saves either way.
+    """
+    channels, class_names = find_channels(env)
     model = build_model(config, len(class_names), env).to(device)
     if config.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convolutions, no transposes
     if config.uses_feature_cache:
         loaders = make_feature_loaders(env, config, channels, class_names, model, device, amp_dtype)
-        trainable = models.head_module(model, config.model)  # shares its parameters with `model`
-    else:
-        loaders = make_loaders(config, channels, class_names, pin_memory=device.type == "cuda")
-        trainable = model
+        return class_names, model, models.head_module(model, config.model), loaders
+    return class_names, model, model, make_loaders(config, channels, class_names, pin_memory=device.type == "cuda")
+
+
+def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+         debugger: Debugger | None, timer: NoTimer, should_stop: Callable[[], bool]) -> dict:
+    hook = debugger.hook if debugger else None
+    class_names, model, trainable, loaders = _model_and_data(env, config, device, amp_dtype)
 
     # loss, optimizer, schedule, and where a restarted job left off
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
