@@ -10,3 +10,11 @@ fi
 if ! podman image exists "$BASE_IMAGE"; then
   scripts/make_base_image.sh "$BASE_IMAGE"
 fi
+# Each run tags its images with its commit (6 GB each, in layers of their own when the
+# requirements changed): on a long-lived CI machine they fill the disk. Keep `latest`, whose
+# layers are the next build's cache; drop the other tags and the layers nothing uses any more.
+for image in $(podman images --format '{{.Repository}}:{{.Tag}}' \
+                 | grep -E '^localhost/image-classifier-(train|serve):' | grep -v ':latest$'); do
+  podman rmi "$image" >/dev/null 2>&1 || true
+done
+podman image prune -f >/dev/null 2>&1 || true
