@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -66,6 +67,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state_dict's names, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_model(model_dir: Path, state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> None:

@@ -76,6 +76,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+def unwrap_hyperparameter(raw: Any) -> Any:
+    """Undo SDK v2's JSON encoding of a value: `"\\"adam\\""` → `"adam"`, `"0.1"` → `"0.1"`."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        decoded = json.loads(raw)
+    except (json.JSONDecodeError, ValueError):
+        return raw
+    return decoded if isinstance(decoded, str) else raw
+
+
 def _json_list(name: str, text: str) -> list[str]:
     """`text` (a JSON list, as SageMaker writes `SM_HOSTS`) as a list of strings.
 
@@ -206,8 +217,7 @@ class SageMakerEnv:
         if raw is None:
             return None
         try:
-            value = json.loads(raw) if raw.strip().startswith('"') else raw
-            count = int(str(value).strip())
+            count = int(str(unwrap_hyperparameter(raw)).strip())
         except ValueError:
             count = 0
         if count < 1:

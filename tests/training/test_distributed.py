@@ -161,7 +161,7 @@ def test_two_processes_train_one_job(opt_ml, digit_tree, cached):
     saved, spec = artifacts.load_model(env.model_dir)
     assert "module." not in " ".join(saved)
     digests = DIGESTS.search(log).group(1).split()
-    assert digests == [distributed.state_digest(saved)] * 2
+    assert digests == [artifacts.state_digest(saved)] * 2
     # one job's outputs, with figures of the whole dataset
     metrics = json.loads((env.output_data_dir / METRICS_FILE).read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -58,7 +58,7 @@ from image_classifier.transforms import eval_transform
 state_dict, spec = artifacts.load_model(Path(os.environ["MODEL_DIR"]))
 model = models.create_model(spec.arch, spec.num_classes)
 model.load_state_dict(state_dict)
-model.eval()
+model.train(False)
 transform = eval_transform(spec.image_size, spec.mean, spec.std)
 app = Flask(__name__)
 

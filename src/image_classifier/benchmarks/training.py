@@ -144,16 +144,11 @@ def step_types(data_dir: Path, workdir: Path, job: dict[str, str]) -> dict[str, 
     loader.sampler.set_epoch(1)
     figures = {"data loading": _images_per_second(loader, lambda batch: None)}
     batch = next(iter(loader))
-    model.eval()
+    model.train(False)  # eval mode: a frozen backbone, as the job trains it
     head.train()
     figures["compute"] = _images_per_second(iter(lambda: batch, None), train_on(model))
-    with torch.no_grad():  # not inference_mode: the head trains on these
-        captured = []
-        hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].clone()))
-        model.eval()
-        model(batch[0].to(device))
-        hook.remove()
-    feature_batch = (captured[0], batch[1])
+    features_, targets = features.compute_features(model, config.model, [batch], device, None)
+    feature_batch = (features_.clone(), targets.clone())  # clones outside inference mode: the head trains on them
     head.train()
     figures["head on features"] = _images_per_second(iter(lambda: feature_batch, None), train_on(head))
     return figures

@@ -30,7 +30,7 @@ def optimize(model: torch.nn.Module, image_size: int) -> torch.nn.Module:
         # needs a C++ compiler at run time (none in the serving image) or torch.export
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            scripted = torch.jit.optimize_for_inference(torch.jit.script(model.eval()))
+            scripted = torch.jit.optimize_for_inference(torch.jit.script(model.train(False)))
             scripted(torch.zeros(1, 3, image_size, image_size))
         return scripted
     except Exception as exc:  # TorchScript rejects some modules: serving eagerly is still right
@@ -43,7 +43,7 @@ class Predictor:
     """A model from `artifacts.load_model`, in eval mode on the CPU, and its preprocessing."""
 
     def __init__(self, model: torch.nn.Module, spec: artifacts.ModelSpec, torchscript: bool = False):
-        self.model = model.eval()
+        self.model = model.train(False)  # eval mode
         self.spec = spec
         self.transform = eval_transform(spec.image_size, spec.mean, spec.std)
         self.forward = optimize(self.model, spec.image_size) if torchscript else self.model

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from image_classifier.debugging.rules import RULE_NAMES
 from image_classifier.models import MODEL_NAMES
-from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS
+from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS, unwrap_hyperparameter
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE_MODES = ("backbone", "none")
@@ -79,7 +78,7 @@ class TrainConfig:
             if name not in fields:
                 unknown.append(key)
                 continue
-            values[name] = _convert(key, _unwrap(raw), fields[name].type)
+            values[name] = _convert(key, unwrap_hyperparameter(raw), fields[name].type)
         if unknown:
             raise ValueError(
                 f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; "
@@ -138,17 +137,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values, keyed like hyperparameters.json."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
-
-
-def _unwrap(raw: Any) -> Any:
-    """Undo SDK v2's JSON encoding of a value: `"\\"adam\\""` → `"adam"`, `"0.1"` → `"0.1"`."""
-    if not isinstance(raw, str):
-        return raw
-    try:
-        decoded = json.loads(raw)
-    except (json.JSONDecodeError, ValueError):
-        return raw
-    return decoded if isinstance(decoded, str) else raw
 
 
 def _convert(key: str, value: Any, type_name: Any) -> Any:

@@ -22,7 +22,6 @@ are documented at https://pytorch.org/docs/stable/elastic/run.html#environment-v
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -35,14 +34,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from image_classifier import artifacts
 from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.train import EXIT_SIGTERM
 from image_classifier.training.loop import Meter
 
 logger = logging.getLogger(__name__)
 
 # The rendezvous port of a multi-host job: the toolkit's torch_distributed.MASTER_PORT.
 MASTER_PORT = 7777
-EXIT_SIGTERM = 143  # 128 + SIGTERM, as train.py
 
 
 # --- in a worker ------------------------------------------------------------------------------
@@ -217,16 +217,6 @@ def settle_epoch(model: nn.Module, meter: Meter) -> Meter:
     return all_reduce_meter(meter)
 
 
-def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of a state_dict's names, dtypes, shapes and bytes, in key order."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def check_in_sync(model: nn.Module) -> None:
     """Check that every rank holds the same weights; rank 0 logs each rank's digest.
 
@@ -236,7 +226,7 @@ def check_in_sync(model: nn.Module) -> None:
     if not active():
         return
     digests: list[str | None] = [None] * world_size()
-    dist.all_gather_object(digests, state_digest(model.state_dict()))
+    dist.all_gather_object(digests, artifacts.state_digest(model.state_dict()))
     logger.info("final weights sha256 by rank: %s", " ".join(digests))
     if len(set(digests)) != 1:
         raise RuntimeError(f"the {world_size()} processes ended with different weights: {digests}")

@@ -79,14 +79,7 @@ def as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, to
 def backbone_digest(model: nn.Module, name: str) -> str:
     """SHA-256 over the backbone's state (every parameter and buffer but the head's), hex."""
     head_prefix = models.head_path(name) + "."
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        if key.startswith(head_prefix):
-            continue
-        digest.update(key.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return artifacts.state_digest({k: v for k, v in model.state_dict().items() if not k.startswith(head_prefix)})
 
 
 def _file_digest(path: str) -> str:
@@ -144,7 +137,7 @@ def compute_features(model: nn.Module, name: str, loader: DataLoader, device: to
     captured: list[torch.Tensor] = []
     handle = models.head_module(model, name).register_forward_pre_hook(
         lambda module, args: captured.append(args[0].detach().float().cpu()))
-    model.eval()
+    model.train(False)  # eval mode
     targets = []
     try:
         for images, batch_targets in loader:

@@ -83,7 +83,7 @@ def build_model(config: TrainConfig, num_classes: int, env: SageMakerEnv) -> nn.
 def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
     """Train mode; with a frozen backbone only the head trains (BatchNorm statistics stay fixed)."""
     if config.freeze == "backbone":
-        model.eval()
+        model.train(False)  # eval mode
         models.head_module(model, config.model).train()
     else:
         model.train()

@@ -115,7 +115,7 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
     shards); `model` must then be the unwrapped module, so that ranks with shards of unequal
     length run no collective in the pass.
     """
-    model.eval()
+    model.train(False)  # eval mode
     if hook:
         hook.set_mode(hook_mode)
     timer.set_mode("eval")
