@@ -1,5 +1,9 @@
-"""An AWS API emulator (moto_server) on loopback for the launcher tests."""
+"""An AWS API emulator (moto_server, plus UpdateEndpoint: tests/launch/emulator.py) on loopback
+for the launcher tests, and a record of the requests it received."""
 
+import base64
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -9,15 +13,18 @@ from pathlib import Path
 import pytest
 import requests
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="session")
-def moto_url():
-    """moto_server on a free loopback port, for the whole session."""
+def moto_url(tmp_path_factory):
+    """moto_server (with UpdateEndpoint) on a free loopback port, for the whole session."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(tmp_path_factory.mktemp("moto") / "recording.jsonl")}
+    server = subprocess.Popen([sys.executable, "-m", "tests.launch.emulator", "-H", "127.0.0.1", "-p", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -45,3 +52,36 @@ def aws(moto_url, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_url
+
+
+@pytest.fixture
+def received(aws):
+    """The requests the emulator receives during the test, through moto's recorder.
+
+    Returns a function `received(operation=None)` → a list of `{"operation", "headers", "body"}`,
+    oldest first, for every request since the test began (only `operation`'s when given: the
+    `X-Amz-Target` of a JSON API such as SageMaker's, e.g. "CreateTransformJob"); `body` is the
+    parsed JSON body, or the raw bytes when it is not JSON.
+    """
+    requests.post(f"{aws}/moto-api/recorder/reset-recording", timeout=10)
+    requests.post(f"{aws}/moto-api/recorder/start-recording", timeout=10)
+
+    def read(operation: str | None = None) -> list[dict]:
+        text = requests.get(f"{aws}/moto-api/recorder/download-recording", timeout=10).text
+        found = []
+        for line in filter(None, text.splitlines()):
+            entry = json.loads(line)
+            body = entry.get("body") or b""
+            body = base64.b64decode(body) if entry.get("body_encoded") else body.encode()
+            try:
+                body = json.loads(body)
+            except ValueError:
+                pass
+            target = entry["headers"].get("X-Amz-Target", "").rpartition(".")[2]
+            if operation is None or target == operation:
+                found.append({"operation": target, "headers": entry["headers"], "body": body,
+                              "url": entry["url"]})
+        return found
+
+    yield read
+    requests.post(f"{aws}/moto-api/recorder/stop-recording", timeout=10)
