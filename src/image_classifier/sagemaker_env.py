@@ -104,6 +104,26 @@ def _json_list(name: str, text: str) -> list[str]:
     return [str(v) for v in value]
 
 
+
+def execution_parameters(workers: int, threads: int, max_payload_bytes: int) -> dict[str, Any]:
+    """What the model server answers on `GET /execution-parameters`, for Batch Transform.
+
+    SageMaker asks a container this before a transform job that leaves the settings out
+    ("Use your own inference code with batch transform"); `launch/batch_transform.py` puts the
+    same figures in CreateTransformJob, so the job and the container cannot disagree.
+
+    Args:
+        workers, threads: gunicorn workers and request threads per worker.
+        max_payload_bytes: the largest request body the server takes, in bytes.
+
+    Returns:
+        `{"MaxConcurrentTransforms": workers × threads (requests the server takes at once, so
+        that they are batched), "BatchStrategy": "SINGLE_RECORD" (one image per request),
+        "MaxPayloadInMB": the body limit in whole MB (10**6 bytes), at least 1}`.
+    """
+    return {"MaxConcurrentTransforms": workers * threads, "BatchStrategy": "SINGLE_RECORD",
+            "MaxPayloadInMB": max(1, max_payload_bytes // 1_000_000)}
+
 @dataclass(frozen=True)
 class SageMakerEnv:
     """A read-only snapshot of the container layout, built once from `os.environ`.

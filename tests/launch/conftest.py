@@ -71,7 +71,7 @@ def received(aws):
         found = []
         for line in filter(None, text.splitlines()):
             entry = json.loads(line)
-            body = entry.get("body") or b""
+            body = entry.get("body") or ""
             body = base64.b64decode(body) if entry.get("body_encoded") else body.encode()
             try:
                 body = json.loads(body)

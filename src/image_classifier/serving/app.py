@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from image_classifier import sagemaker_env
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving import codec, content_types
 from image_classifier.serving.errors import BadRequestError, InferenceError, UnsupportedAcceptError
@@ -109,9 +110,8 @@ def invocations():
 def execution_parameters():
     """What SageMaker Batch Transform should send: one image per request, at most the payload limit,
     as many at once as the server takes (workers × threads), so that they are batched."""
-    return jsonify(MaxConcurrentTransforms=current_app.config["WORKERS"] * current_app.config["THREADS"],
-                   BatchStrategy="SINGLE_RECORD",
-                   MaxPayloadInMB=max(1, current_app.config["MAX_CONTENT_LENGTH"] // 1_000_000))
+    config = current_app.config
+    return jsonify(sagemaker_env.execution_parameters(config["WORKERS"], config["THREADS"], config["MAX_CONTENT_LENGTH"]))
 
 
 def _inference_error(exc: InferenceError):
