@@ -13,6 +13,8 @@ FLAGS = {
     "tune.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait"),
     "train_debug.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--builtin-rules", "--download"),
     "deploy.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--delete"),
+    "update_endpoint.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--weight", "--model-data",
+                           "--traffic", "--rollback"),
     "predict.py": ("--region", "--dry-run"),
     "upload_data.py": ("--region", "--dry-run"),
 }
