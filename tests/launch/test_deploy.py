@@ -199,7 +199,7 @@ def exit_code(*args) -> int:
 @pytest.mark.parametrize("args, words", [
     (["--variant", "a"], "NAME=SOURCE[:WEIGHT]"),
     (["--variant", "a=not a source"], "neither an s3://"),
-    (["--variant", "a=job:abc"], "neither an s3://"),
+    (["--variant", "a=job:abc"], "the weight must be a number >= 0, got 'abc'"),
     (["--variant", f"a_b={MODEL_DATA}"], "variant name 'a_b'"),
     (["--variant", f"{'v' * 64}={MODEL_DATA}"], "1-63 letters"),
     (["--variant", f"a={MODEL_DATA}:-1"], "weight must be a number >= 0"),

@@ -30,6 +30,8 @@ def test_parse_variant(text, expected):
     (f"a={MODEL_DATA}:-0.5", "weight must be a number >= 0"),
     (f"a={MODEL_DATA}:nan", "weight must be a number >= 0"),
     ("a=t-42:inf", "weight must be a number >= 0"),
+    (f"a={MODEL_DATA}:O.5", "weight must be a number >= 0, got 'O.5'"),  # a typo is no part of the key
+    ("a=t-42:", "weight must be a number >= 0, got ''"),
     ("a=t_42", "neither an s3://"),
     ("a=s3://bucket-only", "neither an s3://"),
 ])

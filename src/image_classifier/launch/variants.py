@@ -59,31 +59,35 @@ def is_name(text: str) -> bool:
 
 
 def parse_variant(text: str) -> Variant:
-    """argparse type: `NAME=SOURCE[:WEIGHT]`, the weight split off at the last colon when a number
+    """argparse type: `NAME=SOURCE[:WEIGHT]`, the weight split off at the last colon unless a `/`
     follows it (an S3 URI keeps its own colons: `a=s3://bucket/model.tar.gz:0.5`).
 
     Raises:
-        argparse.ArgumentTypeError: no `=`, a bad name or source, a weight < 0 or not finite.
+        argparse.ArgumentTypeError: no `=`, a bad name or source, a weight < 0 or not a number.
     """
     name, sep, rest = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"takes NAME=SOURCE[:WEIGHT], got {text!r}")
-    source, weight = rest, 1.0
     head, colon, tail = rest.rpartition(":")
-    if colon:
-        try:
-            source, weight = head, float(tail)
-        except ValueError:
-            pass  # no weight: the colon is the source's own
+    source, weight = (head, _weight(name, tail)) if colon and "/" not in tail else (rest, 1.0)
     if not is_name(name):
         raise argparse.ArgumentTypeError(f"variant name {name!r} must be 1-63 letters, digits and hyphens, "
                                          "starting and ending with a letter or digit")
     if not (re.fullmatch(r"s3://[^/]+/.+", source) or is_name(source)):
         raise argparse.ArgumentTypeError(
             f"variant {name}: {source!r} is neither an s3://bucket/.../model.tar.gz URI nor a training job name")
-    if not math.isfinite(weight) or weight < 0:
-        raise argparse.ArgumentTypeError(f"variant {name}: the weight must be a number >= 0, got {tail!r}")
     return Variant(name, source, weight)
+
+
+def _weight(name: str, text: str) -> float:
+    """A variant's weight. Raises: argparse.ArgumentTypeError: not a finite number >= 0."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight) or weight < 0:
+        raise argparse.ArgumentTypeError(f"variant {name}: the weight must be a number >= 0, got {text!r}")
+    return weight
 
 
 def check_variants(variants: list[Variant]) -> None:
