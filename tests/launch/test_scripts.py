@@ -12,10 +12,11 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 FLAGS = {
     "tune.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait"),
     "train_debug.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--builtin-rules", "--download"),
-    "deploy.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--delete"),
+    "deploy.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--delete", "--variant", "--serverless",
+                  "--autoscale", "--target-invocations", "--scale-in-cooldown", "--scale-out-cooldown"),
     "update_endpoint.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--weight", "--model-data",
                            "--traffic", "--rollback"),
-    "predict.py": ("--region", "--dry-run"),
+    "predict.py": ("--region", "--dry-run", "--target-variant"),
     "upload_data.py": ("--region", "--dry-run"),
 }
 

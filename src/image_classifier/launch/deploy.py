@@ -1,8 +1,12 @@
 """Deploy model artifacts to a SageMaker real-time endpoint with the serving image, or delete it.
 
-Creates a Model (the serving image and `model.tar.gz`), an EndpointConfig (instance type and
-count, container start-up health-check timeout) and an Endpoint, with the SageMaker SDK v3's
-`sagemaker.core.resources`; `--delete` removes all three.
+Creates one Model per production variant (the serving image and its `model.tar.gz`), an
+EndpointConfig holding the variants (instances, or `--serverless` memory and concurrency; each
+variant's share of the traffic) and an Endpoint, with the SageMaker SDK v3's
+`sagemaker.core.resources`; `--autoscale` then gives each variant a target-tracking policy
+(launch/autoscaling.py). Every argument is checked before anything is created, and a failure
+midway deletes what the run had created. `--delete` removes the scaling, the endpoint, its
+config and its models, in that order.
 """
 
 from __future__ import annotations
@@ -10,34 +14,86 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import boto3
+from botocore import xform_name
+from botocore.exceptions import ClientError
+from botocore.validate import validate_parameters
 
-from image_classifier.launch.common import DryRun, parse_static, sending_nothing
+from image_classifier.launch import autoscaling, variants
+from image_classifier.launch.common import DryRun, parse_static, positive_int, sending_nothing
+from image_classifier.launch.variants import Serverless, Variant
 
 logger = logging.getLogger(__name__)
 
 OPERATIONS = ("CreateModel", "CreateEndpointConfig", "CreateEndpoint")
-VARIANT = "AllTraffic"
+VARIANT = "AllTraffic"  # the one variant of --model-data / --training-job
+INSTANCE_TYPE, INSTANCE_COUNT, STARTUP_TIMEOUT = "ml.m5.large", 1, 600  # instance variants' defaults
+
+
+class DeployError(RuntimeError):
+    """A request failed midway; what the run had created is deleted again, as the message says."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What create() deploys, every argument checked: the variants and where they run."""
+
+    variants: list[Variant]
+    environment: dict[str, str]
+    serverless: Serverless | None
+    scaling: autoscaling.Scaling | None
+    instance_type: str = INSTANCE_TYPE
+    instance_count: int = INSTANCE_COUNT
+    startup_timeout: int = STARTUP_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="image-classifier", help="endpoint name (default: %(default)s)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
-    parser.add_argument("--delete", action="store_true", help="delete the endpoint, its config and its models")
+    parser.add_argument("--delete", action="store_true",
+                        help="delete the endpoint's scaling, the endpoint, its config and its models")
     parser.add_argument("--image", help="serving image URI in ECR")
     parser.add_argument("--role", help="IAM role ARN the endpoint runs as")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model-data", help="S3 URI of model.tar.gz")
-    source.add_argument("--training-job", help="take the model artifacts of this training job")
-    parser.add_argument("--instance-type", default="ml.m5.large")
-    parser.add_argument("--instance-count", type=int, default=1)
-    parser.add_argument("--startup-timeout", type=int, default=600,
-                        help="seconds SageMaker waits for /ping after the container starts")
+    source.add_argument("--model-data", help=f"S3 URI of model.tar.gz, served as the one variant {VARIANT}")
+    source.add_argument("--training-job",
+                        help=f"serve this training job's model artifacts as the one variant {VARIANT}")
+    source.add_argument("--variant", action="append", type=variants.parse_variant, metavar="NAME=SOURCE[:WEIGHT]",
+                        help="a production variant, repeatable (A/B tests): SOURCE an s3://.../model.tar.gz or a "
+                             "training job name, WEIGHT its share of the traffic against the other variants' "
+                             "(>= 0, default 1), e.g. --variant current=s3://b/a/model.tar.gz:9 --variant new=JOB:1")
+    where = parser.add_argument_group("where the variants run (each variant the same)")
+    where.add_argument("--instance-type", help=f"(default: {INSTANCE_TYPE})")
+    where.add_argument("--instance-count", type=positive_int,
+                       help=f"instances per variant (default: {INSTANCE_COUNT}, or MIN of --autoscale)")
+    where.add_argument("--startup-timeout", type=int,
+                       help=f"seconds SageMaker waits for /ping after the container starts "
+                            f"(default: {STARTUP_TIMEOUT})")
+    where.add_argument("--serverless", type=variants.parse_serverless, metavar="MEMORY_MB:MAX_CONCURRENCY",
+                       help="a serverless variant instead of instances, e.g. 2048:10: memory 1024-6144 in steps of "
+                            "1024 MB, 1-200 concurrent invocations; it scales itself (no --autoscale), holds one "
+                            "variant, and takes requests of 4 MB at most")
+    scaling = parser.add_argument_group("autoscaling (Application Auto Scaling, once the endpoint is InService)")
+    scaling.add_argument("--autoscale", type=autoscaling.parse_capacity, metavar="MIN:MAX",
+                         help="scale each variant between MIN (>= 1) and MAX instances; needs --wait")
+    scaling.add_argument("--target-invocations", type=float, metavar="N",
+                         help="invocations per instance per minute to keep each variant at "
+                              "(CloudWatch's SageMakerVariantInvocationsPerInstance): load-test one instance for "
+                              "its peak requests/s, then N = peak * 60 * 0.5 (AWS's starting safety factor)")
+    scaling.add_argument("--scale-in-cooldown", type=int, metavar="S",
+                         help=f"seconds after removing instances before removing more (default: "
+                              f"{autoscaling.SCALE_IN_COOLDOWN})")
+    scaling.add_argument("--scale-out-cooldown", type=int, metavar="S",
+                         help=f"seconds after adding instances before adding more (default: "
+                              f"{autoscaling.SCALE_OUT_COOLDOWN})")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="container environment, e.g. MODEL_SERVER_WORKERS=2 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
@@ -46,76 +102,243 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_data_of(sm_client, args: argparse.Namespace) -> str:
-    """`--model-data`, or the S3ModelArtifacts of `--training-job`.
+def model_data_url(sm_client, source: str) -> str:
+    """`source` if it is an S3 URI, else the S3ModelArtifacts of the training job it names.
 
     Raises:
-        ValueError: neither given.
+        ValueError: the training job has no model artifacts (it did not complete).
     """
-    if args.model_data:
-        return args.model_data
-    if not args.training_job:
+    if source.startswith("s3://"):
+        return source
+    job = sm_client.describe_training_job(TrainingJobName=source)
+    if "S3ModelArtifacts" not in job.get("ModelArtifacts", {}):
+        raise ValueError(f"training job {source} has no model artifacts (it is {job.get('TrainingJobStatus')})")
+    return job["ModelArtifacts"]["S3ModelArtifacts"]
+
+
+def model_data_of(sm_client, args: argparse.Namespace) -> str:
+    """`--model-data`, or the S3ModelArtifacts of `--training-job`. Raises: ValueError: neither given."""
+    if not (args.model_data or args.training_job):
         raise ValueError("give --model-data s3://.../model.tar.gz or --training-job NAME")
-    return sm_client.describe_training_job(TrainingJobName=args.training_job)["ModelArtifacts"]["S3ModelArtifacts"]
+    return model_data_url(sm_client, args.model_data or args.training_job)
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Check the arguments together, before anything is sent.
+
+    Raises:
+        ValueError: what is missing or does not fit, and how to mend it.
+    """
+    if not (args.image and args.role):
+        raise ValueError("--image and --role are needed to deploy")
+    if not variants.is_name(args.name):
+        raise ValueError(f"endpoint name {args.name!r} must be 1-63 letters, digits and hyphens, "
+                         "starting and ending with a letter or digit")
+    if args.model_data and not args.model_data.startswith("s3://"):
+        raise ValueError(f"--model-data takes an s3:// URI, got {args.model_data!r}")
+    if args.training_job and not variants.is_name(args.training_job):
+        raise ValueError(f"--training-job takes a training job's name, got {args.training_job!r}")
+    chosen = args.variant or [Variant(VARIANT, args.model_data or args.training_job or "")]
+    if not chosen[0].source:
+        raise ValueError("give --model-data s3://.../model.tar.gz, --training-job NAME "
+                         "or --variant NAME=SOURCE[:WEIGHT]")
+    variants.check_variants(chosen)
+    environment = parse_static(args.env)
+    if args.serverless:
+        _check_serverless(args, chosen)
+    scaling = _scaling(args)
+    if args.serverless:
+        return Plan(chosen, environment, args.serverless, None)
+    count = args.instance_count or (scaling.min_capacity if scaling else INSTANCE_COUNT)
+    if scaling and not scaling.min_capacity <= count <= scaling.max_capacity:
+        raise ValueError(f"--instance-count {count} is outside --autoscale "
+                         f"{scaling.min_capacity}:{scaling.max_capacity}: give a count within it, or leave it out")
+    timeout = STARTUP_TIMEOUT if args.startup_timeout is None else args.startup_timeout
+    return Plan(chosen, environment, None, scaling, args.instance_type or INSTANCE_TYPE, count, timeout)
+
+
+def _check_serverless(args: argparse.Namespace, chosen: list[Variant]) -> None:
+    """Raises: ValueError: --serverless with what a serverless variant does not take."""
+    if args.autoscale:
+        raise ValueError("--serverless scales by itself (up to MAX_CONCURRENCY): leave out --autoscale")
+    given = [flag for flag, value in (("--instance-type", args.instance_type),
+                                      ("--instance-count", args.instance_count),
+                                      ("--startup-timeout", args.startup_timeout)) if value is not None]
+    if given:
+        raise ValueError(f"--serverless runs on no instances of yours: leave out {', '.join(given)}")
+    if len(chosen) > 1:
+        raise ValueError("a serverless endpoint holds one production variant (multiple variants are among "
+                         "Serverless Inference's feature exclusions): deploy instance variants for an A/B test")
+
+
+def _scaling(args: argparse.Namespace) -> autoscaling.Scaling | None:
+    """--autoscale and its options as a Scaling, or None without --autoscale.
+
+    Raises:
+        ValueError: options without --autoscale, no --target-invocations, --no-wait, a bad number.
+    """
+    options = [flag for flag, value in (("--target-invocations", args.target_invocations),
+                                        ("--scale-in-cooldown", args.scale_in_cooldown),
+                                        ("--scale-out-cooldown", args.scale_out_cooldown)) if value is not None]
+    if not args.autoscale:
+        if options:
+            raise ValueError(f"{', '.join(options)} only go with --autoscale MIN:MAX")
+        return None
+    if args.target_invocations is None:
+        raise ValueError("--autoscale needs --target-invocations N (invocations per instance per minute)")
+    if not (math.isfinite(args.target_invocations) and args.target_invocations > 0):
+        raise ValueError(f"--target-invocations must be a number above 0, got {args.target_invocations}")
+    if not args.wait:
+        raise ValueError("--autoscale registers the variants once the endpoint is InService: it needs --wait")
+    cooldowns = [args.scale_in_cooldown, args.scale_out_cooldown]
+    if any(c is not None and c < 0 for c in cooldowns):
+        raise ValueError("cooldowns are seconds >= 0")
+    defaults = (autoscaling.SCALE_IN_COOLDOWN, autoscaling.SCALE_OUT_COOLDOWN)
+    scale_in, scale_out = (d if c is None else c for c, d in zip(cooldowns, defaults))
+    return autoscaling.Scaling(*args.autoscale, args.target_invocations, scale_in, scale_out)
+
+
+def _placement(chosen: Plan) -> dict[str, Any]:
+    """A ProductionVariant's fields for where it runs: a ServerlessConfig, or instances."""
+    from sagemaker.core.shapes import ProductionVariantServerlessConfig
+
+    if chosen.serverless:
+        return {"serverless_config": ProductionVariantServerlessConfig(
+            memory_size_in_mb=chosen.serverless.memory_mb, max_concurrency=chosen.serverless.max_concurrency)}
+    return {"instance_type": chosen.instance_type, "initial_instance_count": chosen.instance_count,
+            "container_startup_health_check_timeout_in_seconds": chosen.startup_timeout}
+
+
+def _serverless_memory_key(params: dict[str, Any], **_) -> None:
+    """sagemaker-core sends `memory_size_in_mb` as "MemorySizeInMb", which botocore refuses for
+    "MemorySizeInMB" (https://github.com/aws/sagemaker-core/issues/225): rename it first."""
+    for variant in params.get("ProductionVariants", []):
+        config = variant.get("ServerlessConfig", {})
+        if "MemorySizeInMb" in config:
+            config["MemorySizeInMB"] = config.pop("MemorySizeInMb")
 
 
 def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[str, Any]]:
-    """Create the Model, EndpointConfig and Endpoint; on a dry run, only their requests.
+    """Create the Models, the EndpointConfig and the Endpoint, then the scaling; on a dry run,
+    only their requests.
 
     Returns:
-        the three requests on a dry run, else `[{"EndpointName": ...}]`.
+        the requests on a dry run, else `[{"EndpointName": ..., "EndpointConfigName": ...,
+        "ModelNames": [...], "ScalableTargets": [...]}]`.
+
+    Raises:
+        ValueError: the arguments (nothing is sent), or a training job without artifacts.
+        DeployError: a request failed; what the run had created is deleted.
     """
+    chosen = plan(args)
+    suffix = time.strftime("%Y%m%d-%H%M%S")
+    config_name = variants.resource_name(args.name, suffix)
+    models = [variants.resource_name(f"{args.name}-{v.name}", suffix) for v in chosen.variants]
+    sm = boto_session.client("sagemaker")
+    data = [model_data_url(sm, v.source) for v in chosen.variants]
+    boto_session.events.register("before-parameter-build.sagemaker.CreateEndpointConfig", _serverless_memory_key)
+    steps = _steps(args, chosen, boto_session, dict(zip(models, data)), config_name)
+    scaling = [request for v in chosen.variants
+               for request in autoscaling.requests(args.name, v.name, chosen.scaling)] if chosen.scaling else []
+    if args.dry_run:
+        return _dry_run(boto_session, [step for _, step in steps], scaling)
+    created: list[tuple[str, str]] = []  # (kind, name), oldest first
+    try:
+        for resource, step in steps:
+            made = step()
+            created.append(resource)
+        if args.wait:
+            made.wait_for_status("InService")  # the Endpoint, made last
+        client = boto_session.client("application-autoscaling")
+        for operation, params in scaling:
+            getattr(client, xform_name(operation))(**params)
+            if operation == "RegisterScalableTarget":
+                created.append(("scalable target", params["ResourceId"]))
+    except Exception as exc:
+        raise DeployError(f"{' '.join(str(exc).split())}; {roll_back(boto_session, created)}") from exc
+    return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelNames": models,
+             "ScalableTargets": [name for kind, name in created if kind == "scalable target"]}]
+
+
+def _steps(args: argparse.Namespace, chosen: Plan, boto_session: boto3.Session, model_data: dict[str, str],
+           config_name: str) -> list[tuple[tuple[str, str], partial]]:
+    """The SDK calls that create the Models (`model_data`: name → S3 URI, in the variants' order),
+    the EndpointConfig and the Endpoint, each with the (kind, name) of what it creates."""
     from sagemaker.core.resources import Endpoint, EndpointConfig, Model
     from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
 
-    if not (args.image and args.role):
-        raise ValueError("--image and --role are needed to deploy")
-    suffix = time.strftime("%Y%m%d-%H%M%S")
-    model_name, config_name = f"{args.name}-{suffix}", f"{args.name}-{suffix}"
-    model_data = model_data_of(boto_session.client("sagemaker"), args)
-    region = boto_session.region_name
-    steps: list[Callable[[], Any]] = [
-        lambda: Model.create(
-            model_name=model_name, execution_role_arn=args.role, session=boto_session, region=region,
-            primary_container=ContainerDefinition(image=args.image, model_data_url=model_data,
-                                                  environment=parse_static(args.env))),
-        lambda: EndpointConfig.create(
-            endpoint_config_name=config_name, session=boto_session, region=region,
-            production_variants=[ProductionVariant(
-                variant_name=VARIANT, model_name=model_name, instance_type=args.instance_type,
-                initial_instance_count=args.instance_count,
-                container_startup_health_check_timeout_in_seconds=args.startup_timeout)]),
-        lambda: Endpoint.create(endpoint_name=args.name, endpoint_config_name=config_name,
-                                session=boto_session, region=region),
-    ]
-    if args.dry_run:
-        requests = []
-        with sending_nothing(boto_session, OPERATIONS):
-            for step in steps:
-                try:
-                    step()
-                except DryRun as request:
-                    requests.append(request.params)
-        return requests
-    endpoint = [step() for step in steps][-1]
-    if args.wait:
-        endpoint.wait_for_status("InService")
-    return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelName": model_name}]
+    common = {"session": boto_session, "region": boto_session.region_name}
+    steps = [(("model", model), partial(
+        Model.create, model_name=model, execution_role_arn=args.role, **common, primary_container=ContainerDefinition(
+            image=args.image, model_data_url=url, environment=chosen.environment)))
+        for model, url in model_data.items()]
+    steps.append((("endpoint config", config_name), partial(
+        EndpointConfig.create, endpoint_config_name=config_name, **common, production_variants=[
+            ProductionVariant(variant_name=v.name, model_name=model, initial_variant_weight=v.weight,
+                              **_placement(chosen))
+            for v, model in zip(chosen.variants, model_data)])))
+    steps.append((("endpoint", args.name), partial(
+        Endpoint.create, endpoint_name=args.name, endpoint_config_name=config_name, **common)))
+    return steps
+
+
+def _dry_run(boto_session: boto3.Session, steps: list, scaling: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+    """The SageMaker requests the `steps` would send, then the `scaling` ones, checked by botocore; nothing is sent."""
+    requests = []
+    with sending_nothing(boto_session, OPERATIONS):
+        for step in steps:
+            try:
+                step()
+            except DryRun as request:
+                requests.append(request.params)
+    service = boto_session.client("application-autoscaling").meta.service_model
+    for operation, params in scaling:
+        validate_parameters(params, service.operation_model(operation).input_shape)
+        requests.append(params)
+    return requests
+
+
+def roll_back(boto_session: boto3.Session, created: list[tuple[str, str]]) -> str:
+    """Delete what a failed run had `created`, newest first; returns what went and what stayed."""
+    sm, scaling = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
+    deleters = {
+        "scalable target": lambda name: scaling.deregister_scalable_target(**autoscaling.target_key(name)),
+        "endpoint": lambda name: sm.delete_endpoint(EndpointName=name),
+        "endpoint config": lambda name: sm.delete_endpoint_config(EndpointConfigName=name),
+        "model": lambda name: sm.delete_model(ModelName=name),
+    }
+    removed, left = [], []
+    for kind, name in reversed(created):
+        try:
+            deleters[kind](name)
+            removed.append(f"{kind} {name}")
+        except ClientError as exc:
+            logger.warning("could not delete %s %s: %s", kind, name, exc)
+            left.append(f"{kind} {name}")
+    said = f"deleted what this run created ({', '.join(removed)})" if removed else "nothing had been created"
+    return said + (f"; still there, delete by hand: {', '.join(left)}" if left else "")
 
 
 def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[str, Any]]:
-    """Delete the endpoint, then its config and the config's models; returns what was deleted."""
-    sm = boto_session.client("sagemaker")
+    """Deregister the variants' scalable targets, then delete the endpoint, its config and the
+    config's models, in the order AWS documents; returns what was deleted (the requests on a dry run)."""
+    sm, scaling = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
     config_name = sm.describe_endpoint(EndpointName=args.name)["EndpointConfigName"]
-    variants = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-    sm.delete_endpoint(EndpointName=args.name)
-    if args.wait:
-        sm.get_waiter("endpoint_deleted").wait(EndpointName=args.name)
-    sm.delete_endpoint_config(EndpointConfigName=config_name)
-    for variant in variants:
-        sm.delete_model(ModelName=variant["ModelName"])
-    return [{"EndpointName": args.name, "EndpointConfigName": config_name,
-             "ModelNames": [v["ModelName"] for v in variants]}]
+    config = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    models = [v["ModelName"] for v in config]
+    targets = autoscaling.registered(scaling, args.name, [v["VariantName"] for v in config])
+    steps = [(scaling, "DeregisterScalableTarget", autoscaling.target_key(t)) for t in targets]
+    steps += [(sm, "DeleteEndpoint", {"EndpointName": args.name}),
+              (sm, "DeleteEndpointConfig", {"EndpointConfigName": config_name})]
+    steps += [(sm, "DeleteModel", {"ModelName": model}) for model in models]
+    if args.dry_run:
+        return [params for _, _, params in steps]
+    for client, operation, params in steps:
+        getattr(client, xform_name(operation))(**params)
+        if operation == "DeleteEndpoint" and args.wait:
+            sm.get_waiter("endpoint_deleted").wait(EndpointName=args.name)
+    return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelNames": models,
+             "ScalableTargets": targets}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,5 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (DeployError, ClientError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0

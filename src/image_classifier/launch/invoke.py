@@ -1,11 +1,21 @@
-"""Send an image to a SageMaker endpoint (sagemaker-runtime InvokeEndpoint) and print the top-k."""
+"""Send an image to a SageMaker endpoint (sagemaker-runtime InvokeEndpoint) and print the top-k.
+
+A body over InvokeEndpoint's limit is refused before it is sent: 6 MB for a real-time endpoint
+(the API's `Body` maximum, 6,291,456 bytes:
+https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html), 4 MB
+for a serverless one (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints-invoke.html;
+taken as 4 MiB, as the 6 MB are 6 MiB). Only a body over 4 MB costs a DescribeEndpoint, to learn
+whether the endpoint is serverless.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import boto3
 from botocore.exceptions import ClientError
@@ -13,18 +23,74 @@ from botocore.exceptions import ClientError
 from image_classifier.cli import content_type_for, format_answer
 from image_classifier.serving import content_types
 
+logger = logging.getLogger(__name__)
 
-def invoke(runtime_client, endpoint: str, image: Path, top_k: int = 5) -> list:
+REALTIME_MAX_BYTES = 6 * 1024 * 1024  # 6,291,456
+SERVERLESS_MAX_BYTES = 4 * 1024 * 1024  # 4,194,304
+EXIT_PAYLOAD_REFUSED = 2
+
+
+class Answer(NamedTuple):
+    """The endpoint's predictions and the production variant that made them."""
+
+    predictions: list
+    variant: str | None
+
+
+class PayloadTooLarge(ValueError):
+    """The body is over the endpoint's InvokeEndpoint limit: it was not sent."""
+
+
+def invoke(runtime_client, endpoint: str, image: Path, top_k: int = 5, target_variant: str | None = None) -> Answer:
     """The endpoint's top-k predictions for `image`, most probable first (a list per image for a
-    batch: a `.json` file of instances or an (N, 3, H, W) `.npy`).
+    batch: a `.json` file of instances or an (N, 3, H, W) `.npy`), from `target_variant` when
+    given, else from the variant the endpoint's weights pick.
 
     Raises:
         ClientError: from InvokeEndpoint; a `ModelError` carries the container's status and message.
     """
     response = runtime_client.invoke_endpoint(
-        EndpointName=endpoint, Body=image.read_bytes(), ContentType=content_type_for(image),
-        Accept=content_types.JSON, CustomAttributes=f"top_k={top_k}")
-    return json.loads(response["Body"].read())["predictions"]
+        **headers_for(endpoint, image, top_k, target_variant), Body=image.read_bytes())
+    return Answer(json.loads(response["Body"].read())["predictions"], response.get("InvokedProductionVariant"))
+
+
+def headers_for(endpoint: str, image: Path, top_k: int, target_variant: str | None) -> dict[str, str]:
+    """InvokeEndpoint's parameters but the body: the endpoint, the body's type, top-k, the variant."""
+    request = {"EndpointName": endpoint, "ContentType": content_type_for(image), "Accept": content_types.JSON,
+               "CustomAttributes": f"top_k={top_k}"}
+    if target_variant:
+        request["TargetVariant"] = target_variant
+    return request
+
+
+def check_payload(image: Path, endpoint: str, sm_client=None) -> None:
+    """Refuse a body the endpoint would refuse: over 6 MB, or over 4 MB when the endpoint is
+    serverless (asked of `sm_client` only then; without `sm_client`, the 6 MB only).
+
+    Raises:
+        PayloadTooLarge: the limit, the file's size and what to do.
+        OSError: `image` cannot be read.
+    """
+    size = image.stat().st_size
+    if size > REALTIME_MAX_BYTES:
+        limit = f"InvokeEndpoint's limit of 6 MB ({REALTIME_MAX_BYTES:,} bytes)"
+    elif size > SERVERLESS_MAX_BYTES and sm_client is not None and is_serverless(sm_client, endpoint):
+        limit = f"the limit of 4 MB ({SERVERLESS_MAX_BYTES:,} bytes) of serverless endpoint {endpoint}"
+    else:
+        return
+    raise PayloadTooLarge(f"{image} is {size:,} bytes, over {limit}: resize or recompress the image "
+                          "(fewer pixels, a lower JPEG quality), or send fewer images per request")
+
+
+def is_serverless(sm_client, endpoint: str) -> bool:
+    """Whether a variant of `endpoint` is serverless (DescribeEndpoint's CurrentServerlessConfig);
+    False when the endpoint cannot be described (denied, not found): the service then answers."""
+    try:
+        described = sm_client.describe_endpoint(EndpointName=endpoint)
+    except ClientError as exc:
+        logger.info("DescribeEndpoint %s failed (%s): sending without knowing whether it is serverless", endpoint, exc)
+        return False
+    return any("CurrentServerlessConfig" in v for v in described.get("ProductionVariants", []))
 
 
 def describe_error(exc: ClientError) -> str:
@@ -41,27 +107,39 @@ def describe_error(exc: ClientError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="predict.py", description=__doc__.splitlines()[0],
+        epilog="A body over 6 MB, or over 4 MB for a serverless endpoint, is refused before it is sent "
+               f"(exit {EXIT_PAYLOAD_REFUSED}): resize or recompress the image.")
     parser.add_argument("image", type=Path)
     parser.add_argument("--endpoint", default="image-classifier", help="endpoint name (default: %(default)s)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--target-variant", metavar="NAME",
+                        help="send to this production variant, whatever the weights (A/B tests)")
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     args = parser.parse_args(argv)
-    if args.dry_run:
-        size = args.image.stat().st_size if args.image.is_file() else None
-        print(json.dumps({"EndpointName": args.endpoint, "ContentType": content_type_for(args.image),
-                          "Accept": content_types.JSON, "CustomAttributes": f"top_k={args.top_k}",
-                          "Body": f"<{size} bytes of {args.image}>"}, indent=2))
-        return 0
-    runtime = boto3.Session(region_name=args.region).client("sagemaker-runtime")
+    session = boto3.Session(region_name=args.region)
     try:
-        predictions = invoke(runtime, args.endpoint, args.image, args.top_k)
+        check_payload(args.image, args.endpoint, None if args.dry_run else session.client("sagemaker"))
+        if args.dry_run:
+            size = args.image.stat().st_size
+            print(json.dumps({**headers_for(args.endpoint, args.image, args.top_k, args.target_variant),
+                              "Body": f"<{size} bytes of {args.image}>"}, indent=2))
+            return 0
+        answer = invoke(session.client("sagemaker-runtime"), args.endpoint, args.image, args.top_k,
+                        args.target_variant)
+    except PayloadTooLarge as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PAYLOAD_REFUSED
     except ClientError as exc:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_answer(predictions))
+    if answer.variant:
+        print(f"answered by variant {answer.variant}", file=sys.stderr)
+    print(format_answer(answer.predictions))
     return 0
+
