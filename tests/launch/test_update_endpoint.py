@@ -293,3 +293,22 @@ def test_usage_errors(args):
     with pytest.raises(SystemExit) as exit_:
         update_endpoint.main(args)
     assert exit_.value.code == 2
+
+
+def test_deploy_delete_takes_the_configs_kept_for_rollback_and_their_models(aws, received, capsys):
+    from image_classifier.launch import deploy
+
+    name, first = start_endpoint(aws, {"champion": 1.0, "challenger": 1.0})
+    _, second, _ = run(capsys, "--name", name, "--model-data", NEW_DATA, "--variant", "challenger")
+    _, third, _ = run(capsys, "--name", name, "--model-data", "s3://ic-out/jobs/t-3/output/model.tar.gz",
+                      "--variant", "challenger")
+    configs = [third["EndpointConfigName"], second["EndpointConfigName"], first]
+    assert set(configs) <= config_names()
+
+    assert deploy.main(["--region", "us-east-1", "--name", name, "--delete", "--no-wait"]) == 0
+    assert [r["body"]["EndpointConfigName"] for r in received("DeleteEndpointConfig")] == configs
+    models = [r["body"]["ModelName"] for r in received("DeleteModel")]
+    # champion's model serves in all three configs: deleted once
+    assert sorted(models) == sorted({f"{name}-champion-0", f"{name}-challenger-0", second["ModelName"],
+                                     third["ModelName"]})
+    assert not set(configs) & config_names() and not set(models) & model_names()

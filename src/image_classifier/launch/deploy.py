@@ -117,10 +117,18 @@ def model_data_url(sm_client, source: str) -> str:
 
 
 def model_data_of(sm_client, args: argparse.Namespace) -> str:
-    """`--model-data`, or the S3ModelArtifacts of `--training-job`. Raises: ValueError: neither given."""
-    if not (args.model_data or args.training_job):
+    """`--model-data`, or the S3ModelArtifacts of `--training-job`.
+
+    Raises:
+        ValueError: neither given; `--model-data` not an s3:// URI; the job has no model artifacts.
+    """
+    if args.model_data:
+        if not args.model_data.startswith("s3://"):
+            raise ValueError(f"--model-data takes an S3 URI (s3://bucket/key/model.tar.gz), got {args.model_data!r}")
+        return args.model_data
+    if not args.training_job:
         raise ValueError("give --model-data s3://.../model.tar.gz or --training-job NAME")
-    return model_data_url(sm_client, args.model_data or args.training_job)
+    return model_data_url(sm_client, args.training_job)
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -319,26 +327,55 @@ def roll_back(boto_session: boto3.Session, created: list[tuple[str, str]]) -> st
     return said + (f"; still there, delete by hand: {', '.join(left)}" if left else "")
 
 
+def kept_configs(sm, config_name: str) -> list[str]:
+    """`config_name`, then the configs update_endpoint.py kept for rollback behind it, newest first.
+
+    Follows the tag `update_endpoint.PREVIOUS_CONFIG_TAG` from config to config; stops at a
+    config without it, at one already deleted, or at a loop.
+    """
+    from image_classifier.launch.update_endpoint import previous_config
+
+    chain = [config_name]
+    while True:
+        try:
+            previous = previous_config(sm, chain[-1])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationException":  # not found
+                raise
+            return chain[:-1]
+        if previous is None or previous in chain:
+            return chain
+        chain.append(previous)
+
+
 def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[str, Any]]:
-    """Deregister the variants' scalable targets, then delete the endpoint, its config and the
-    config's models, in the order AWS documents; returns what was deleted (the requests on a dry run)."""
+    """Deregister the variants' scalable targets, then delete the endpoint, its config with the
+    configs kept for rollback behind it (`kept_configs`), and their models, in the order AWS
+    documents; returns what was deleted (the requests on a dry run)."""
     sm, scaling = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
     config_name = sm.describe_endpoint(EndpointName=args.name)["EndpointConfigName"]
-    config = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-    models = [v["ModelName"] for v in config]
-    targets = autoscaling.registered(scaling, args.name, [v["VariantName"] for v in config])
+    variants = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    configs = kept_configs(sm, config_name)
+    models = list(dict.fromkeys(  # a variant the updates did not touch shares its model across configs
+        v["ModelName"] for name in configs
+        for v in sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"]))
+    targets = autoscaling.registered(scaling, args.name, [v["VariantName"] for v in variants])
     steps = [(scaling, "DeregisterScalableTarget", autoscaling.target_key(t)) for t in targets]
-    steps += [(sm, "DeleteEndpoint", {"EndpointName": args.name}),
-              (sm, "DeleteEndpointConfig", {"EndpointConfigName": config_name})]
+    steps += [(sm, "DeleteEndpoint", {"EndpointName": args.name})]
+    steps += [(sm, "DeleteEndpointConfig", {"EndpointConfigName": name}) for name in configs]
     steps += [(sm, "DeleteModel", {"ModelName": model}) for model in models]
     if args.dry_run:
         return [params for _, _, params in steps]
     for client, operation, params in steps:
-        getattr(client, xform_name(operation))(**params)
+        try:
+            getattr(client, xform_name(operation))(**params)
+        except ClientError as exc:  # a model another endpoint's cleanup took already: nothing left to do
+            if operation != "DeleteModel" or exc.response.get("Error", {}).get("Code") != "ValidationException":
+                raise
         if operation == "DeleteEndpoint" and args.wait:
             sm.get_waiter("endpoint_deleted").wait(EndpointName=args.name)
-    return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelNames": models,
-             "ScalableTargets": targets}]
+    return [{"EndpointName": args.name, "EndpointConfigName": config_name, "EndpointConfigNames": configs,
+             "ModelNames": models, "ScalableTargets": targets}]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,8 +341,6 @@ def blue_green(sm, args: argparse.Namespace, requests: Requests) -> dict[str, An
     variant = choose_variant(old_config, args.variant)
     check_deployment(args.traffic, args.rollback_alarm, old_config["ProductionVariants"])
     model_data = model_data_of(sm, args)
-    if not model_data.startswith("s3://"):
-        raise ValueError(f"the model artifacts are an S3 URI (s3://bucket/key/model.tar.gz), got {model_data!r}")
     current_model = next(v["ModelName"] for v in old_config["ProductionVariants"] if v["VariantName"] == variant)
     name = new_name(args.name)
     model_request = new_model(sm, args, current_model, name, model_data)
