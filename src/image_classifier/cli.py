@@ -1,10 +1,11 @@
-"""The `image-classifier` command: prepare-data, download-weights, predict, demo, report, tune."""
+"""The `image-classifier` command: prepare-data, download-weights, predict, transform, demo, report, tune."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import requests
 from image_classifier import datasets
 from image_classifier.launch import metrics
 from image_classifier.serving import content_types
+from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, error_message, transform
 from image_classifier.tuning import PRUNERS
 
 _SUFFIX_TYPES = {".jpg": content_types.JPEG, ".jpeg": content_types.JPEG, ".png": content_types.PNG,
@@ -36,11 +38,7 @@ def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> lis
         headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
                  "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
     if response.status_code != 200:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        raise RuntimeError(f"{response.status_code} from {url}: {message}")
+        raise RuntimeError(f"{response.status_code} from {url}: {error_message(response)}")
     return response.json()["predictions"]
 
 
@@ -90,6 +88,35 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_answer(predictions))
+    return 0
+
+
+def _transform(args: argparse.Namespace) -> int:
+    try:
+        summary = transform(args.input, args.output, args.url, args.concurrency, args.top_k, args.retries)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.output} holds every row written; rerun to do the rest", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)  # the pool's threads may be retrying: do not wait for them
+    if summary.skipped == summary.files:
+        print(f"all {summary.files} files are already in {args.output}: nothing to do")
+        return 0
+    print(f"{args.output}: {summary.ok} scored, {summary.refused} refused (error rows), {summary.failed} failed, "
+          f"of {summary.files} files ({summary.skipped} already there); {summary.retried} answered after "
+          f"retries; {summary.concurrency} requests at a time, {summary.seconds:.1f} s")
+    if summary.interrupted:
+        print("interrupted: the files not sent have no row; rerun to do them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if summary.failed:
+        print(f"error: {summary.failed} files failed after retries; rerun to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -157,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://localhost:8080", help="server root (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("transform", help="score every image under a folder against a model server into a CSV, "
+                                         "like SageMaker Batch Transform; a rerun does only the files missing")
+    p.add_argument("--input", type=Path, required=True, metavar="DIR", help="folder of images, walked recursively")
+    p.add_argument("--output", type=Path, required=True, metavar="CSV",
+                   help="results CSV (key,label,class_id,probability,top_k,error), appended to")
+    p.add_argument("--url", default="http://localhost:8080", help="server root (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="requests at a time (default: the server's MaxConcurrentTransforms, else 4)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="predictions per file in top_k (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="R",
+                   help="retries of a request on a 5xx or connection error (default: %(default)s, "
+                        f"{backoff_seconds(DEFAULT_RETRIES):.0f} s of backoff: a server restart)")
+    p.set_defaults(func=_transform)
 
     p = sub.add_parser("demo", help="sample data → training job → server → predictions, all local")
     p.add_argument("--data", type=Path, default=Path("data"), help="dataset root (default: ./data)")

@@ -55,8 +55,9 @@ def children(pid: int) -> set[int]:
     return found
 
 
-def start(base_dir: Path, workers: int, **env) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
+def start(base_dir: Path, workers: int, port: int | None = None, **env) -> tuple[subprocess.Popen, str, Path]:
+    """`python -m image_classifier.serve` on `port` (default: a free one), logging to base_dir/server.log."""
+    port = port or free_port()
     log = base_dir / "server.log"
     child_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
                  "MODEL_SERVER_WORKERS": str(workers), "GUNICORN_CMD_ARGS": ACCESS_LOG_FORMAT, **env}
