@@ -29,3 +29,22 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def refuse(monkeypatch, module, operation: str, code: str, message: str) -> None:
+    """Make the boto3 sessions `module` opens answer `operation` (e.g. "UpdateEndpoint") with an
+    AWS error `code`, before the request leaves: for refusals the emulator cannot be made to give."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    real = boto3.Session
+
+    def refusal(**_):
+        raise ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+    def session(*args, **kwargs):
+        s = real(*args, **kwargs)
+        s.events.register(f"before-call.sagemaker.{operation}", refusal)
+        return s
+
+    monkeypatch.setattr(module.boto3, "Session", session)

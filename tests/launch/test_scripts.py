@@ -16,6 +16,8 @@ FLAGS = {
                   "--autoscale", "--target-invocations", "--scale-in-cooldown", "--scale-out-cooldown"),
     "update_endpoint.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--weight", "--model-data",
                            "--traffic", "--rollback"),
+    "batch_transform.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--input", "--output",
+                           "--results", "--gather", "--model-name"),
     "predict.py": ("--region", "--dry-run", "--target-variant"),
     "upload_data.py": ("--region", "--dry-run"),
 }

@@ -12,6 +12,8 @@ from botocore.exceptions import ClientError
 from image_classifier.launch import update_endpoint
 from image_classifier.launch.update_endpoint import PREVIOUS_CONFIG_TAG, previous_config
 
+from .common import refuse
+
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-serve:abc1234"
 NEW_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-serve:def5678"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -183,18 +185,7 @@ def test_failed_update_leaves_the_old_config_and_deletes_what_it_created(aws, re
 @pytest.fixture
 def update_endpoint_refused(monkeypatch):
     """SageMaker refuses every UpdateEndpoint (as it would one racing another update)."""
-    real = boto3.Session
-
-    def refuse(**_):
-        raise ClientError({"Error": {"Code": "ValidationException", "Message": "Cannot update in-progress endpoint"}},
-                          "UpdateEndpoint")
-
-    def session(*args, **kwargs):
-        s = real(*args, **kwargs)
-        s.events.register("before-call.sagemaker.UpdateEndpoint", refuse)
-        return s
-
-    monkeypatch.setattr(update_endpoint.boto3, "Session", session)
+    refuse(monkeypatch, update_endpoint, "UpdateEndpoint", "ValidationException", "Cannot update in-progress endpoint")
 
 
 def test_refused_update_deletes_the_new_config_and_model(aws, received, capsys, update_endpoint_refused):
