@@ -7,7 +7,6 @@ import uuid
 import boto3
 import pytest
 import requests
-from botocore.exceptions import ClientError
 
 from image_classifier.launch import update_endpoint
 from image_classifier.launch.update_endpoint import PREVIOUS_CONFIG_TAG, previous_config
