@@ -1,4 +1,5 @@
-"""moto_server with SageMaker's UpdateEndpoint, which moto 5.2.5 does not implement.
+"""moto_server with SageMaker's UpdateEndpoint, which moto 5.2.5 does not implement, and transform
+jobs that really run when a test gives them a model server.
 
 Run as `python -m tests.launch.emulator -H 127.0.0.1 -p PORT` (moto_server's own arguments).
 Everything else is moto's. The added operation follows the API reference
@@ -14,17 +15,31 @@ Everything else is moto's. The added operation follows the API reference
   fails, this provides the reason why it failed": API_EndpointMetadata). The emulator cannot run
   containers, so a test asks for a failure through the new config's first model: a container
   environment variable `EMULATOR_UPDATE_FAILS` whose value becomes the FailureReason.
+
+moto records a transform job as Completed and runs nothing. When the job's model has a container
+environment variable `EMULATOR_MODEL_SERVER` (the URL of a model server the test started), the
+emulator does what Batch Transform does (API_CreateTransformJob, API_TransformOutput): the job is
+InProgress while every object under the input S3Prefix is POSTed whole to `<server>/invocations`
+with the job's ContentType and Accept, MaxConcurrentTransforms at a time; each answer is written
+to `<S3OutputPath>/<key relative to the input prefix>.out`; then the job is Completed, or Failed
+(with the first error as FailureReason) when any object was not answered with 200, whose `.out`
+is not written.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import boto3
+import requests
 from moto.core.responses import ActionResult
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemaker.responses import SageMakerResponse
 
 FAIL_ENV = "EMULATOR_UPDATE_FAILS"
+SERVER_ENV = "EMULATOR_MODEL_SERVER"
 _pending: dict[str, tuple] = {}  # endpoint ARN → (new FakeEndpointConfig, failure reason or None)
 
 
@@ -60,9 +75,55 @@ def describe_endpoint(self: SageMakerResponse) -> ActionResult:
     return answer
 
 
+def create_transform_job(self: SageMakerResponse) -> ActionResult:
+    answer = _original_create_transform_job(self)
+    backend = self.sagemaker_backend
+    job = backend.transform_jobs[self._get_param("TransformJobName")]
+    model = backend._models.get(job.model_name)
+    server = ((model.primary_container or {}) if model else {}).get("Environment", {}).get(SERVER_ENV)
+    if server:
+        job.transform_job_status = "InProgress"
+        threading.Thread(target=_run_transform, args=(job, server, f"http://{self.headers['Host']}"),
+                         daemon=True).start()
+    return answer
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    return bucket, prefix
+
+
+def _run_transform(job, server: str, emulator: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=emulator, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    bucket, prefix = _split(job.transform_input["DataSource"]["S3DataSource"]["S3Uri"])
+    out_bucket, out_prefix = _split(job.transform_output["S3OutputPath"])
+    keys = [obj["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])]
+    headers = {"Content-Type": job.transform_input.get("ContentType", "application/octet-stream"),
+               "Accept": job.transform_output.get("Accept", "application/json")}
+    errors = []
+
+    def one(key: str) -> None:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        response = requests.post(f"{server}/invocations", data=body, headers=headers, timeout=120)
+        if response.status_code != 200:
+            errors.append(f"{key}: {response.status_code} {response.text[:200]}")
+            return
+        relative = key[len(prefix):].lstrip("/")
+        s3.put_object(Bucket=out_bucket, Key=f"{out_prefix.rstrip('/')}/{relative}.out", Body=response.content)
+
+    with ThreadPoolExecutor(max_workers=job.max_concurrent_transforms or 1) as pool:
+        list(pool.map(one, keys))
+    job.failure_reason = errors[0] if errors else ""
+    job.transform_job_status = "Failed" if errors else "Completed"
+
+
 _original_describe_endpoint = SageMakerResponse.describe_endpoint
+_original_create_transform_job = SageMakerResponse.create_transform_job
 SageMakerResponse.update_endpoint = update_endpoint
 SageMakerResponse.describe_endpoint = describe_endpoint
+SageMakerResponse.create_transform_job = create_transform_job
 
 if __name__ == "__main__":
     from moto.server import main

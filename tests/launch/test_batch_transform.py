@@ -7,6 +7,7 @@ input key relative to the input prefix, plus `.out`; the container's JSON answer
 
 import csv
 import json
+import shutil
 
 import boto3
 import pytest
@@ -194,3 +195,52 @@ def test_an_answer_two_inputs_could_claim_is_taken_by_neither(s3, tmp_path):
     results = tmp_path / "r.csv"
     assert run(*new_model_args(results)) == 1
     assert [r["key"] for r in rows(results)] == [f"{INPUT}{k}" for k in KEYS]
+
+
+# --- the whole path with a real model server --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_server(model_dir, tmp_path_factory):
+    """`python -m image_classifier.serve` (gunicorn) on loopback, serving the digits model."""
+    from tests.serving.servers import start, stop, wait_for_answer
+
+    base = tmp_path_factory.mktemp("opt_ml")
+    shutil.copytree(model_dir, base / "model")
+    process, url, log = start(base, 1)
+    wait_for_answer(url, process, log, want=200, workers=1)
+    yield url
+    stop(process)
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_the_job_and_the_csv_equals_the_local_transforms(s3, received, model_server,
+                                                                                digit_tree, tmp_path):
+    """The emulator runs the job against a real model server (tests/launch/emulator.py: the
+    Model's EMULATOR_MODEL_SERVER), as Batch Transform would: each object POSTed whole with the
+    job's ContentType, `.out` written beside. The gathered CSV must equal what `image-classifier
+    transform` writes from the same images against the same server."""
+    from image_classifier import transform
+
+    test_dir = digit_tree / "test"
+    for key, path in transform.list_images(test_dir):
+        s3.put_object(Bucket="ic-data", Key=f"digits/test/{key}", Body=path.read_bytes())
+    boto3.client("sagemaker", region_name="us-east-1").create_model(
+        ModelName="ic-digits", ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": IMAGE, "ModelDataUrl": MODEL_DATA,
+                          "Environment": {"EMULATOR_MODEL_SERVER": model_server, "MODEL_SERVER_THREADS": "4"}})
+    results = tmp_path / "s3.csv"
+    assert run("--input", "s3://ic-data/digits/test/", "--output", "s3://ic-out/digits/", "--model-name", "ic-digits",
+               "--results", str(results), "--job-name", "ic-digits-1") == 0
+    [job] = [r["body"] for r in received("CreateTransformJob")]
+    assert job["MaxConcurrentTransforms"] == 4
+
+    local = tmp_path / "local.csv"
+    assert transform.transform(test_dir, local, model_server, progress=False).failed == 0
+    by_key = {row["key"].removeprefix("s3://ic-data/digits/test/"): row for row in transform.read_results(results)}
+    expected = {row["key"]: row for row in transform.read_results(local)}
+    assert len(by_key) == len(expected) == 24
+    for key, row in expected.items():
+        got = by_key[key]
+        assert (got["label"], got["class_id"], got["error"]) == (row["label"], row["class_id"], row["error"])
+        assert [p["class_id"] for p in got["top_k"]] == [p["class_id"] for p in row["top_k"]]
+        assert got["probability"] == pytest.approx(row["probability"], abs=1e-6)
