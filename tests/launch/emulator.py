@@ -16,6 +16,10 @@ Everything else is moto's. The added operation follows the API reference
   containers, so a test asks for a failure through the new config's first model: a container
   environment variable `EMULATOR_UPDATE_FAILS` whose value becomes the FailureReason.
 
+moto answers DescribeModel with `"VpcConfig": {}`, DescribeEndpointConfig and DescribeEndpoint with
+`"DataCaptureConfig": {}` where AWS leaves those keys out, and the SageMaker SDK v3's shapes refuse
+the empty structures: the emulator leaves them out too.
+
 moto records a transform job as Completed and runs nothing. When the job's model has a container
 environment variable `EMULATOR_MODEL_SERVER` (the URL of a model server the test started), the
 emulator does what Batch Transform does (API_CreateTransformJob, API_TransformOutput): the job is
@@ -119,10 +123,19 @@ def _run_transform(job, server: str, emulator: str) -> None:
     job.transform_job_status = "Failed" if errors else "Completed"
 
 
+def _without_empty_structures(describe):
+    def answer(self: SageMakerResponse) -> ActionResult:
+        result = describe(self).result
+        return ActionResult({key: value for key, value in result.items() if value != {}})
+    return answer
+
+
+SageMakerResponse.describe_model = _without_empty_structures(SageMakerResponse.describe_model)
+SageMakerResponse.describe_endpoint_config = _without_empty_structures(SageMakerResponse.describe_endpoint_config)
 _original_describe_endpoint = SageMakerResponse.describe_endpoint
 _original_create_transform_job = SageMakerResponse.create_transform_job
 SageMakerResponse.update_endpoint = update_endpoint
-SageMakerResponse.describe_endpoint = describe_endpoint
+SageMakerResponse.describe_endpoint = _without_empty_structures(describe_endpoint)
 SageMakerResponse.create_transform_job = create_transform_job
 
 if __name__ == "__main__":

@@ -12,26 +12,6 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 MODEL_DATA = "s3://ic-out/jobs/t-1/output/model.tar.gz"
 
 
-def _drop_empty_structures(parsed, **_):
-    for key in [k for k, v in parsed.items() if v == {}]:
-        del parsed[key]
-
-
-@pytest.fixture(autouse=True)
-def moto_describes_like_aws(monkeypatch):
-    """moto answers DescribeModel with `"VpcConfig": {}` and DescribeEndpointConfig with
-    `"DataCaptureConfig": {}` where AWS leaves those keys out, and the SDK's shapes refuse the
-    empty structures: drop them from every answer, as AWS would send it."""
-    real = boto3.Session
-
-    def session(*args, **kwargs):
-        s = real(*args, **kwargs)
-        s.events.register("after-call.sagemaker", _drop_empty_structures)
-        return s
-
-    monkeypatch.setattr(deploy.boto3, "Session", session)
-
-
 def run(capsys, *args) -> tuple[int, list]:
     code = deploy.main(["--region", "us-east-1", *args])
     out = capsys.readouterr().out
