@@ -32,10 +32,19 @@ scripts/build_images.sh
 echo "== 2. docker compose up -d: prepare → train → serve"
 rm -rf local/opt_ml
 mkdir -p local/opt_ml
-"${COMPOSE[@]}" up -d
+# in the background: podman-compose 1.6 waits there for train to finish before it starts serve
+"${COMPOSE[@]}" up -d &
+compose_pid=$!
+# compose_container SERVICE: the name of this project's container for SERVICE
+compose_container() {
+  "$ENGINE" ps -a --filter "label=com.docker.compose.service=$1" \
+    --filter "label=com.docker.compose.project.working_dir=$PWD" --format '{{.Names}}' | head -1
+}
+state_of() { [ -z "$1" ] || "$ENGINE" inspect -f '{{.State.Status}}' "$1" 2>/dev/null || true; }
 
 echo "== 3. wait for /ping on localhost:$port"
-for _ in $(seq 1 180); do
+stalled=0
+for _ in $(seq 1 360); do
   ping=$(curl -sS "http://localhost:$port/ping" 2>/dev/null || true)
   case "$ping" in
     *'"ok"'*) break ;;
@@ -43,8 +52,22 @@ for _ in $(seq 1 180); do
   esac
   # podman-compose starts `serve` once `train` stopped, whatever its exit code
   [ ! -e local/opt_ml/output/failure ] || fail "training failed: $(cat local/opt_ml/output/failure)"
+  if ! kill -0 "$compose_pid" 2>/dev/null && [ -z "$(compose_container serve)" ]; then
+    wait "$compose_pid" || fail "docker compose up failed"
+  fi
+  # podman-compose 1.6 once never noticed that train had exited (a 20-minute job on a loaded
+  # machine) and left serve unstarted: after a minute of that, start it as compose would have
+  serve=$(compose_container serve)
+  if [ "$(state_of "$(compose_container train)")" = exited ] && [ "$(state_of "$serve")" = created ]; then
+    stalled=$((stalled + 1))
+    if [ "$stalled" -ge 12 ]; then
+      echo "compose left $serve unstarted a minute after train exited: starting it" >&2
+      "$ENGINE" start "$serve" >/dev/null
+    fi
+  fi
   sleep 5
 done
+kill "$compose_pid" 2>/dev/null || true
 curl -fsS "http://localhost:$port/ping" >/dev/null || fail "/ping never answered 200"
 [ -s local/opt_ml/model/model.pth ] && [ -s local/opt_ml/model/model_config.json ] \
   || fail "the training container wrote no model artifacts"
