@@ -178,3 +178,9 @@ def test_predict_sends_the_content_type_and_top_k(tmp_path, monkeypatch):
     assert seen == {"url": "http://host:1/invocations", "data": b"abc",
                     "headers": {"Content-Type": "application/x-npy", "Accept": "application/json",
                                 "X-Amzn-SageMaker-Custom-Attributes": "top_k=7"}}
+
+
+@pytest.mark.parametrize("objective", ["valid_accuracy", "valid_loss", "valid_f1"])
+def test_tune_accepts_every_objective(objective):
+    args = cli.build_parser().parse_args(["tune", "--data", "data", "--objective", objective])
+    assert args.objective == objective

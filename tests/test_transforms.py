@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from image_classifier.transforms import IMAGENET_MEAN, eval_transform, resize_size, train_transform
+from image_classifier.transforms import IMAGENET_MEAN, eval_transform, eval_view, resize_size, train_transform
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -19,6 +20,15 @@ def test_transform_output_shape(size, image_size, which):
                  "train no flip": lambda: train_transform(image_size, crop_scale_min=0.5, hflip_prob=0)}[which]()
     out = transform(Image.effect_noise(size, 40).convert("RGB"))
     assert out.shape == (3, image_size, image_size) and out.dtype == torch.float32
+
+
+def test_eval_view_is_what_eval_transform_feeds_the_model():
+    image = Image.effect_noise((300, 200), 40).convert("RGB")
+    view = eval_view(64)(image)
+    assert isinstance(view, Image.Image) and view.size == (64, 64)
+    tensor = torch.from_numpy(np.asarray(view, dtype=np.float32)).permute(2, 0, 1) / 255
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert torch.allclose(eval_transform(64)(image), (tensor - mean) / std, atol=1e-5)
 
 
 def test_eval_transform_normalises_with_imagenet_statistics():

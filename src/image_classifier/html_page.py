@@ -54,11 +54,12 @@ class Page:
         self.parts.append(f"<pre>{html.escape(text)}</pre>")
 
     def plot(self, name: str, fig, caption: str = "") -> None:
-        """Inline the figure; it is also saved as `<name>.png` beside the page."""
+        """Inline the figure; it is also saved as `<name>.png` beside the page, which it links to."""
         data = png_bytes(fig)
         self.images[name] = data
         encoded = base64.b64encode(data).decode()
-        self.parts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+        self.parts.append(f'<figure><a href="{html.escape(name)}.png"><img alt="{html.escape(name)}" '
+                          f'src="data:image/png;base64,{encoded}"></a>'
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     def table(self, header: Sequence[str], rows: Iterable[Sequence], row_class: Sequence[str] | None = None) -> None:

@@ -17,14 +17,14 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size / CROP_RATIO))
 
 
+def eval_view(image_size: int) -> T.Compose:
+    """PIL image → the PIL image the model sees at evaluation: Resize, CenterCrop (image_size square)."""
+    return T.Compose([T.Resize(resize_size(image_size)), T.CenterCrop(image_size)])
+
+
 def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
-    """PIL RGB image → float32 tensor (3, image_size, image_size): Resize, CenterCrop, Normalize."""
-    return T.Compose([
-        T.Resize(resize_size(image_size)),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    """PIL RGB image → float32 tensor (3, image_size, image_size): `eval_view`, then ToTensor, Normalize."""
+    return T.Compose([*eval_view(image_size).transforms, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def train_transform(image_size: int, crop_scale_min: float = 0.08, hflip_prob: float = 0.5,

@@ -45,16 +45,21 @@ def test_objectives_are_defined_metrics():
     ("x best_valid_accuracy=0.9 valid_accuracy=0.8", "valid_accuracy", ["0.8"]),
     ("images_per_second=3.2e+04", "images_per_second", ["3.2e+04"]),
     ("valid_loss=nan", "valid_loss", []),
+    # an epoch line as the job logs it (image_classifier.training.job.format_metrics)
+    ("INFO image_classifier.training.job: epoch=2 train_loss=0.9 train_accuracy=0.61 valid_loss=0.74 "
+     "valid_accuracy=0.75 valid_f1=0.7321 epoch_seconds=3.1 images_per_second=23.4", "valid_f1", ["0.7321"]),
+    ("x best_valid_f1=0.9 valid_f1=0", "valid_f1", ["0"]),
 ])
 def test_regex_edges(line, name, expected):
     assert re.findall(metrics.metric_regex(name), line) == expected
 
 
-@pytest.mark.parametrize("objective, direction", [("valid_accuracy", "Maximize"), ("valid_loss", "Minimize")])
+@pytest.mark.parametrize("objective, direction", [("valid_accuracy", "Maximize"), ("valid_loss", "Minimize"),
+                                                  ("valid_f1", "Maximize")])
 def test_objective_type(objective, direction):
     assert metrics.objective_type(objective) == direction
 
 
 def test_unknown_objective():
-    with pytest.raises(ValueError, match="valid_accuracy, valid_loss"):
+    with pytest.raises(ValueError, match="valid_accuracy, valid_loss, valid_f1"):
         metrics.objective_type("test_accuracy")

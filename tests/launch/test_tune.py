@@ -76,6 +76,15 @@ def test_dry_run_sends_nothing_and_its_request_is_accepted(aws, capsys):
     assert describe("ic-dry-run")["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
 
 
+def test_valid_f1_is_an_objective_to_maximise(aws, capsys):
+    code, request = run(capsys, "--dry-run", "--objective", "valid_f1")
+    assert code == 0
+    assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == {
+        "Type": "Maximize", "MetricName": "valid_f1"}
+    definitions = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert {"Name": "valid_f1", "Regex": metrics.metric_regex("valid_f1")} in definitions
+
+
 @pytest.mark.parametrize("args, words", [
     (["--hyperparameter", "no-equals"], "KEY=VALUE"),
     (["--hyperparameter", "freeze=none", "--ranges", "/dev/null"], "not JSON"),

@@ -14,11 +14,13 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from image_classifier import artifacts, models
+from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation.metrics import macro_f1
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP, SageMakerEnv
 from image_classifier.training import data, distributed
 from image_classifier.training.data import EpochSampler
 from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE
-from image_classifier.training.loop import evaluate
+from image_classifier.training.loop import Outputs, evaluate
 from image_classifier.transforms import eval_transform
 from tests.conftest import write_digit_tree
 from tests.training.test_job import EPOCH_LINE, TEST_LINE, run_job, start_job
@@ -130,14 +132,14 @@ def test_a_bad_processes_per_host_is_named(tmp_path):
 DIGESTS = re.compile(r"final weights sha256 by rank: (.+)")
 
 
-def _evaluate_alone(model_dir, channel) -> dict[str, float]:
-    """The saved model's figures on a whole channel, in this one process."""
+def _evaluate_alone(model_dir, channel, outputs: Outputs | None = None) -> dict[str, float]:
+    """The saved model's figures on a whole channel, in this one process (its predictions into `outputs`)."""
     state_dict, spec = artifacts.load_model(model_dir)
     model = models.create_model(spec.arch, spec.num_classes, spec.dropout)
     model.load_state_dict(state_dict)
     dataset = data.ImageFolderChannel(channel, spec.class_names, eval_transform(spec.image_size))
     loader = data.make_loader(dataset, 10, 0, train=False, seed=0, pin_memory=False)
-    return evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), None)
+    return evaluate(model, loader, torch.nn.CrossEntropyLoss(), torch.device("cpu"), None, outputs=outputs)
 
 
 @pytest.mark.slow
@@ -168,11 +170,19 @@ def test_two_processes_train_one_job(opt_ml, digit_tree, cached):
     for epoch in metrics["epochs"]:  # 72 images, 2 x 4 steps of 8 a rank: 64 (rank 0 alone: 32)
         assert round(epoch["images_per_second"] * epoch["epoch_seconds"]) == 64
     best = metrics["epochs"][metrics["best_epoch"] - 1]
-    valid = _evaluate_alone(env.model_dir, digit_tree / "valid")
+    valid_outputs, test_outputs = Outputs(), Outputs()
+    valid = _evaluate_alone(env.model_dir, digit_tree / "valid", valid_outputs)
     assert (best["valid_loss"], best["valid_accuracy"]) == pytest.approx((valid["loss"], valid["accuracy"]), rel=1e-5)
-    test = _evaluate_alone(env.model_dir, digit_tree / "test")
+    probabilities, targets = valid_outputs.arrays()
+    assert best["valid_f1"] == pytest.approx(macro_f1(probabilities.argmax(axis=1), targets), rel=1e-5)
+    test = _evaluate_alone(env.model_dir, digit_tree / "test", test_outputs)
     assert (metrics["test_loss"], metrics["test_accuracy"]) == pytest.approx((test["loss"], test["accuracy"]),
                                                                              rel=1e-5)
+    # the report: rank 0's, of both ranks' test predictions
+    evaluation = json.loads((env.output_data_dir / REPORT_DIR / "metrics.json").read_text())
+    probabilities, targets = test_outputs.arrays()
+    confusion = [[int(((targets == t) & (probabilities.argmax(axis=1) == p)).sum()) for p in range(3)] for t in range(3)]
+    assert evaluation["images"] == 24 and evaluation["confusion_matrix"] == confusion
     assert spec.class_names == ["001.zero", "002.one", "003.two"]
     assert (env.checkpoint_dir / CHECKPOINT_FILE).exists()
     assert not env.failure_path.exists()

@@ -16,16 +16,22 @@ import torch
 import torchvision
 
 from image_classifier import artifacts, models
+from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation import report as evaluation_report
+from image_classifier.launch.metrics import metric_regex
 from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
-from image_classifier.training import data
+from image_classifier.training import data, job
 from image_classifier.training.config import TrainConfig
+from image_classifier.training.features import FeatureChannel
 from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE, run
+from image_classifier.training.loop import Outputs
 from image_classifier.images import open_image
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
-EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+)")
+EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+) "
+                        r"valid_f1=(\S+)")
 TEST_LINE = re.compile(r"test_loss=(\S+) test_accuracy=(\S+)")
 
 
@@ -89,9 +95,21 @@ def test_whole_job_as_sagemaker_runs_it(tmp_path, opt_ml, digit_tree):
     assert [h["epoch"] for h in metrics["epochs"]] == [1, 2]
     for logged, saved in zip(epochs, metrics["epochs"]):
         assert logged[1:] == pytest.approx((saved["train_loss"], saved["train_accuracy"],
-                                            saved["valid_loss"], saved["valid_accuracy"]), rel=1e-5)
+                                            saved["valid_loss"], saved["valid_accuracy"], saved["valid_f1"]), rel=1e-5)
         assert saved["epoch_seconds"] > 0 and saved["images_per_second"] > 0
+    # valid_f1 in every epoch's line, read with the cloud metric definition's regex
+    assert [float(v) for v in re.findall(metric_regex("valid_f1"), log)] == pytest.approx(
+        [e["valid_f1"] for e in metrics["epochs"]], rel=1e-5)
+    assert 0 <= metrics["best_valid_f1"] <= 1
     assert (test_loss, test_accuracy) == pytest.approx((metrics["test_loss"], metrics["test_accuracy"]), rel=1e-5)
+    # the evaluation report, of the test pass's own predictions
+    report = env.output_data_dir / REPORT_DIR
+    evaluation = json.loads((report / evaluation_report.METRICS_FILE).read_text())
+    assert (evaluation["channel"], evaluation["images"], evaluation["classes"]) == ("test", 24, 3)
+    assert evaluation["accuracy"] == pytest.approx(test_accuracy, rel=1e-5)
+    assert sum(r["support"] for r in evaluation["per_class"]) == 24
+    assert all((report / f"{name}.png").stat().st_size > 1000 for name in evaluation_report.PICTURES)
+    assert "evaluation of the test channel, 24 images" in log and re.search(r"\nclass +prec +rec +f1 +n\n", log)
     state_dict, spec = artifacts.load_model(env.model_dir)
     assert spec.class_names == ["001.zero", "002.one", "003.two"]
     assert spec.labels == ["zero", "one", "two"]
@@ -217,3 +235,59 @@ def test_serving_agrees_with_training_on_classes_and_accuracy(opt_ml, digit_tree
     truth = [data.label_of(p.parent.name) for p in images]
     accuracy = sum(s == t for s, t in zip(served, truth)) / len(images)
     assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_without_a_test_channel_the_report_is_of_the_valid_channel(tmp_path, opt_ml, digit_tree):
+    tree = shutil.copytree(digit_tree, tmp_path / "data", ignore=shutil.ignore_patterns("test"))
+    # cached features: the grid's images are found by scanning the channel again
+    env = opt_ml(tree, freeze="backbone", augment=False, lr=0.01)
+
+    result = run(env, TrainConfig.from_hyperparameters(env.hyperparameters()))
+
+    evaluation = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
+    assert (evaluation["channel"], evaluation["images"]) == ("valid", 24)
+    # the best weights on the channel that chose them: the best epoch's figures again
+    assert (evaluation["accuracy"], evaluation["macro_f1"]) == pytest.approx(
+        (result["valid_accuracy"], result["valid_f1"]), rel=1e-6)
+    assert "no test channel" in (env.output_data_dir / REPORT_DIR / evaluation_report.REPORT_FILE).read_text()
+
+
+@pytest.fixture
+def test_pass(opt_ml, digit_tree):
+    """(env, config, loader of the test channel, its Outputs: random logits) for `job._write_report`."""
+    env = opt_ml()
+    config = TrainConfig.from_hyperparameters(env.hyperparameters())
+    classes = data.class_names_of({"train": digit_tree / "train"})
+    loader = job.make_loaders(config, {"test": env.channel_dir("test")}, classes, pin_memory=False)["test"]
+    outputs = Outputs()
+    torch.manual_seed(0)
+    for _, targets in loader:
+        outputs.update(torch.randn(len(targets), 3), targets)
+    return env, config, classes, loader, outputs
+
+
+def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass, monkeypatch, caplog):
+    env, config, classes, loader, outputs = test_pass
+    job._write_report(env, config, classes, "test", loader, outputs)
+    written = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
+    assert written["images"] == 24 and sum(r["support"] for r in written["per_class"]) == 24
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib is broken")
+
+    monkeypatch.setattr(evaluation_report, "write", broken)
+    job._write_report(env, config, classes, "test", loader, outputs)  # no exception
+    assert "the evaluation report could not be written" in caplog.text and "matplotlib is broken" in caplog.text
+    assert json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text()) == written
+
+
+def test_cached_features_find_their_images_by_a_new_scan(test_pass):
+    env, _, classes, loader, _ = test_pass
+    images = [path for path, _ in loader.dataset.samples]
+    targets = torch.tensor(loader.dataset.targets)
+    cached = data.make_loader(FeatureChannel(torch.zeros(24, 4), targets), 8, 0, False, 0, False)
+    assert job._sample_paths(env, "test", cached, classes) == images
+    stale = data.make_loader(FeatureChannel(torch.zeros(24, 4), targets.roll(1)), 8, 0, False, 0, False)
+    with pytest.raises(ValueError, match="differ from its cached features"):
+        job._sample_paths(env, "test", stale, classes)

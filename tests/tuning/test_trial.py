@@ -18,7 +18,7 @@ from tests.conftest import TINY_JOB
 
 def _epoch_line(**values):
     figures = {"epoch": 3, "train_loss": 0.41, "train_accuracy": 0.88, "valid_loss": 1e-05, "valid_accuracy": 0.85,
-               "epoch_seconds": 12.5, "images_per_second": 410.25, **values}
+               "valid_f1": 0.8125, "epoch_seconds": 12.5, "images_per_second": 410.25, **values}
     return f"2026-01-01 10:00:00,000 INFO image_classifier.training.job: {format_metrics(figures)}\n", figures
 
 

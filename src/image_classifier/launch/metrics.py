@@ -3,7 +3,7 @@
 The training job logs one line per epoch and one at the end
 (`image_classifier.training.job.format_metrics`):
 
-    epoch=3 train_loss=0.41 train_accuracy=0.88 valid_loss=0.52 valid_accuracy=0.85 epoch_seconds=12 images_per_second=410
+    epoch=3 train_loss=0.41 train_accuracy=0.88 valid_loss=0.52 valid_accuracy=0.85 valid_f1=0.84 epoch_seconds=12 images_per_second=410
     test_loss=0.5 test_accuracy=0.86
 
 SageMaker reads metrics from the job's log with these regexes (MetricDefinitions of
@@ -15,14 +15,15 @@ job writes, so the two halves cannot drift apart.
 from __future__ import annotations
 
 # the names the training job logs, in the order it logs them
-EPOCH_METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "epoch_seconds",
+EPOCH_METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "valid_f1", "epoch_seconds",
                  "images_per_second")
 FINAL_METRICS = ("test_loss", "test_accuracy")
 # a float as Python's "%.6g" writes it: 0.41, 12, 1e-05, 3.2e+04
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
-# tuning objectives and their direction
-OBJECTIVES = {"valid_accuracy": "Maximize", "valid_loss": "Minimize"}
+# tuning objectives and their direction; valid_f1 is the macro F1 (every class counts alike,
+# however many images it has: the objective for imbalanced classes)
+OBJECTIVES = {"valid_accuracy": "Maximize", "valid_loss": "Minimize", "valid_f1": "Maximize"}
 
 
 def metric_regex(name: str) -> str:

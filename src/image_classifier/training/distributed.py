@@ -30,6 +30,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -192,6 +193,20 @@ def all_reduce_meter(meter: Meter) -> Meter:
     steps, seconds = most.tolist()
     return Meter(loss_sum=loss_sum, correct=int(round(correct)), count=int(round(count)), steps=int(steps),
                  seconds=seconds)
+
+
+def gather_arrays(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array concatenated over the ranks, in rank order (every rank gets them). Not active: `arrays`.
+
+    For an evaluation pass's outputs (a channel's shards of unequal length: whole rows are
+    sent as objects, through the backend's device).
+    """
+    if not active():
+        return arrays
+    gathered: list[tuple[np.ndarray, ...] | None] = [None] * world_size()
+    dist.all_gather_object(gathered, arrays)
+    shards = [shard for shard in gathered if len(shard[0])] or gathered[:1]  # a rank may have had no items
+    return tuple(np.concatenate([shard[i] for shard in shards]) for i in range(len(arrays)))
 
 
 def local_meter(saved: dict) -> dict:

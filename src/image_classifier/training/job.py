@@ -10,19 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from image_classifier import artifacts, models
 from image_classifier.debugging.debugger import Debugger
+from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation import report as evaluation_report
+from image_classifier.evaluation.metrics import format_table, macro_f1
+from image_classifier.images import open_image
 from image_classifier.profiling.profiler import Profiler
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import METRICS_FILE, TrainingInterrupted, data, distributed, features
 from image_classifier.training.config import TrainConfig
-from image_classifier.training.loop import Meter, evaluate, train_one_epoch
-from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
+from image_classifier.training.loop import Meter, Outputs, evaluate, train_one_epoch
+from image_classifier.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, eval_view, resize_size,
+                                         train_transform)
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +143,16 @@ class Checkpointer:
 def _write_metrics(env: SageMakerEnv, state: JobState, test: dict[str, float] | None) -> None:
     if not distributed.is_main():  # ddp: one writer
         return
-    summary = {"epochs": state.history, "best_epoch": state.best_epoch,
-               "best_valid_accuracy": state.best_accuracy, "best_valid_loss": state.best_loss}
+    summary = {"epochs": state.history, "best_epoch": state.best_epoch, "best_valid_accuracy": state.best_accuracy,
+               "best_valid_loss": state.best_loss, "best_valid_f1": _best_f1(state)}
     if test is not None:
         summary.update(test)
     artifacts.atomic_write_bytes(env.output_data_dir / METRICS_FILE, json.dumps(summary, indent=2).encode())
+
+
+def _best_f1(state: JobState) -> float | None:
+    """The best epoch's valid_f1 (None from a checkpoint of a version that did not log it)."""
+    return next((e.get("valid_f1") for e in state.history if e["epoch"] == state.best_epoch), None)
 
 
 def find_channels(env: SageMakerEnv) -> tuple[dict[str, Path], list[str]]:
@@ -210,7 +221,7 @@ def _end_epoch(state: JobState, epoch: int, model: nn.Module, train: Meter, vali
     state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
     figures = train.metrics()
     line = {"epoch": epoch, "train_loss": figures["loss"], "train_accuracy": figures["accuracy"],
-            "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
+            "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"], "valid_f1": valid["f1"],
             "epoch_seconds": train.seconds, "images_per_second": figures["images_per_second"]}
     state.history.append(line)
     state.epoch, state.step, state.meter = epoch, 0, {}
@@ -305,8 +316,11 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
             checkpointer.save(state, model, optimizer, scheduler, scaler)
             raise TrainingInterrupted(f"stopped by SIGTERM in epoch {epoch} after step {train.steps}; "
                                       f"checkpoint saved to {checkpointer.path}, a restarted job resumes from it")
+        outputs = Outputs()
         valid = evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, hook, timer=timer,
-                         reduce=distributed.all_reduce_meter)
+                         reduce=distributed.all_reduce_meter, outputs=outputs)
+        probabilities, targets, _ = _gathered(loaders[data.VALID], outputs)
+        valid["f1"] = macro_f1(probabilities.argmax(axis=1), targets)
         scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
@@ -322,17 +336,73 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     # the best weights are the model: test them, then write the artifacts
     model.load_state_dict(state.best_state)
     distributed.check_in_sync(model)  # ddp
-    result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy}
-    test = None
+    result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy,
+              "valid_f1": _best_f1(state)}
+    test, outputs = None, Outputs()
     if data.TEST in loaders:
         metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict",
-                           reduce=distributed.all_reduce_meter)
+                           reduce=distributed.all_reduce_meter, outputs=outputs)
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
         logger.info(format_metrics(test))
         result.update(test)
+    else:  # the report is of the valid channel then: its predictions with the best weights
+        evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, outputs=outputs,
+                 reduce=distributed.all_reduce_meter)
     _save_artifacts(env, config, class_names, state.best_state)
     _write_metrics(env, state, test)
+    channel = data.TEST if data.TEST in loaders else data.VALID
+    _write_report(env, config, class_names, channel, loaders[channel], outputs)
     return result
+
+
+def _gathered(loader: DataLoader, outputs: Outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole channel's (probabilities, targets, dataset indices) of an evaluation pass, in dataset order.
+
+    ddp: every rank's shard, gathered (a collective: every rank calls it).
+    """
+    probabilities, targets = outputs.arrays()
+    indices = np.array([index for _, index in loader.sampler], dtype=np.int64)  # the pass's order
+    probabilities, targets, indices = distributed.gather_arrays(probabilities, targets, indices)
+    order = np.argsort(indices, kind="stable")
+    return probabilities[order], targets[order], indices[order]
+
+
+def _sample_paths(env: SageMakerEnv, channel: str, loader: DataLoader, class_names: list[str]) -> list[str]:
+    """The image file of each item of `loader`'s dataset; cached features are matched to a new scan.
+
+    Raises:
+        ValueError: the channel's files changed since its features were cached.
+    """
+    samples = getattr(loader.dataset, "samples", None)
+    if samples is None:  # feature-cache: the cache was computed over this scan's order
+        samples = data.scan_channel(data.resolve_channels(env.channel_dir)[channel], class_names).samples
+        if [c for _, c in samples] != loader.dataset.targets.tolist():
+            raise ValueError(f"the {channel} channel's images differ from its cached features'")
+    return [path for path, _ in samples]
+
+
+def _write_report(env: SageMakerEnv, config: TrainConfig, class_names: list[str], channel: str,
+                  loader: DataLoader, outputs: Outputs) -> None:
+    """The evaluation report of the model on `channel`, in output/data/evaluation (rank 0).
+
+    A report that fails is logged, not raised: the model artifacts are written already, and
+    they are what the job is for.
+    """
+    probabilities, targets, indices = _gathered(loader, outputs)  # ddp: every rank, before rank 0 goes on
+    if not distributed.is_main():
+        return
+    directory = env.output_data_dir / REPORT_DIR
+    try:
+        paths, view = _sample_paths(env, channel, loader, class_names), eval_view(config.image_size)
+        summary = evaluation_report.write(directory, probabilities, targets, class_names, channel,
+                                          lambda row: view(open_image(paths[indices[row]])))
+    except Exception:
+        logger.exception("the evaluation report could not be written (the model artifacts were)")
+        return
+    logger.info("evaluation of the %s channel, %d images: accuracy %.4f, top-%d accuracy %.4f, macro F1 %.4f, "
+                "weighted F1 %.4f, ECE %.4f; report in %s\n%s", channel, summary["images"], summary["accuracy"],
+                summary["top_k"], summary["top_k_accuracy"], summary["macro_f1"], summary["weighted_f1"],
+                summary["ece"], directory, format_table(summary))
 
 
 def _save_artifacts(env: SageMakerEnv, config: TrainConfig, class_names: list[str], state_dict: dict) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +42,24 @@ class Meter:
 
     def state_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+@dataclass
+class Outputs:
+    """What an evaluation pass predicted, batch by batch, on the CPU: for figures beyond loss and accuracy."""
+
+    probabilities: list[torch.Tensor] = field(default_factory=list)  # (n, classes) float32 softmax per batch
+    targets: list[torch.Tensor] = field(default_factory=list)        # (n,) int64 per batch
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probabilities.append(logits.float().softmax(dim=1).cpu())
+        self.targets.append(targets.cpu())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, classes) float32, targets (N,) int64), in the loader's order."""
+        if not self.targets:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return torch.cat(self.probabilities).numpy(), torch.cat(self.targets).long().numpy()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -107,10 +126,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
              amp_dtype: torch.dtype | None, hook: DebugHook | None = None,
              hook_mode: str = "eval", timer: NoTimer = NO_TIMER,
-             reduce: Callable[[Meter], Meter] | None = None) -> dict[str, float]:
+             reduce: Callable[[Meter], Meter] | None = None, outputs: Outputs | None = None) -> dict[str, float]:
     """Mean loss and top-1 accuracy of `model` (put in eval mode) over `loader`.
 
     `hook_mode` is the smdebug mode of the pass: "eval" for validation, "predict" for the test channel.
+    `outputs`, when given, collects every batch's probabilities and targets (this rank's).
     `reduce` turns the pass's Meter into the job's (distributed.all_reduce_meter adds the ranks'
     shards); `model` must then be the unwrapped module, so that ranks with shards of unequal
     length run no collective in the pass.
@@ -125,6 +145,8 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
         with timer.phase("forward"):
             logits, loss, targets = forward(model, images, targets, criterion, device, amp_dtype, hook)
         meter.update(loss, logits, targets)
+        if outputs is not None:
+            outputs.update(logits, targets)
         timer.end_step()
     meter.seconds = time.perf_counter() - start
     return (reduce(meter) if reduce else meter).metrics()
