@@ -18,8 +18,6 @@ import requests
 # gunicorn reads GUNICORN_CMD_ARGS after the config module: log which worker answered each request
 ACCESS_LOG_FORMAT = """--access-logformat 'pid=%(p)s "%(r)s" %(s)s %(b)s'"""
 STARTUP_TIMEOUT = 180
-# gunicorn reads GUNICORN_CMD_ARGS after the config module: log which worker answered each request
-ACCESS_LOG_FORMAT = """--access-logformat 'pid=%(p)s "%(r)s" %(s)s %(b)s'"""
 
 
 @dataclass

@@ -116,9 +116,10 @@ def job_settings(container_environment: dict[str, str]) -> dict[str, Any]:
             "BatchStrategy": BATCH_STRATEGIES[params["BatchStrategy"]]}
 
 
-def transform_job_request(args: argparse.Namespace, model_name: str, job_name: str,
-                          settings: dict[str, Any]) -> dict[str, Any]:
-    """The CreateTransformJob request: one image per S3 object, sent whole (no split, no compression)."""
+def transform_job_request(args: argparse.Namespace, model_name: str, job_name: str, settings: dict[str, Any],
+                          environment: dict[str, str]) -> dict[str, Any]:
+    """The CreateTransformJob request: one image per S3 object, sent whole (no split, no compression);
+    `environment` is the job's own, merged by SageMaker over the Model's (none when empty)."""
     request = {
         "TransformJobName": job_name, "ModelName": model_name, **settings,
         "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": args.input}},
@@ -126,8 +127,8 @@ def transform_job_request(args: argparse.Namespace, model_name: str, job_name: s
         "TransformOutput": {"S3OutputPath": args.output, "Accept": content_types.JSON, "AssembleWith": "None"},
         "TransformResources": {"InstanceType": args.instance_type, "InstanceCount": args.instance_count},
     }
-    if args.env:
-        request["Environment"] = parse_static(args.env)
+    if environment:
+        request["Environment"] = environment
     return request
 
 
@@ -232,9 +233,9 @@ def run(args: argparse.Namespace, boto_session: boto3.Session) -> int:
     job_name = args.job_name or f"{args.name}-{suffix}"
     model_name = args.model_name or f"{args.name}-{suffix}"
     model_request = None if args.model_name else _create_model_request(args, sm, model_name)
-    # a new Model's environment is the container's; giving it again to the job would be redundant
-    job_args = argparse.Namespace(**{**vars(args), "env": args.env if args.model_name else []})
-    job_request = transform_job_request(job_args, model_name, job_name, settings)
+    # a new Model carries --env itself; only an existing Model's job needs it on the job
+    job_request = transform_job_request(args, model_name, job_name, settings,
+                                        parse_static(args.env) if args.model_name else {})
     if args.dry_run:
         requests = []
         with sending_nothing(boto_session, OPERATIONS):
