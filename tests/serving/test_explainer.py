@@ -5,18 +5,24 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
-from image_classifier import explain
+from image_classifier import artifacts, explain, models
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
+from image_classifier.serving.batcher import Batcher
+from image_classifier.serving.codec import Inputs
+from image_classifier.serving.explainer import Explainer
+from image_classifier.serving.predictor import Predictor
 from image_classifier.transforms import eval_transform
 from tests.serving.images import instances, load_npy, npy, random_batch, variants
 
@@ -191,10 +197,24 @@ def test_plain_requests_pay_nothing_for_explanations(model_dir):
     """In a fresh process: plain requests import neither Captum nor matplotlib nor the Grad-CAM
     code, and make no explainer; the first explanation request does."""
     result = subprocess.run([sys.executable, "-c", PLAIN_PATH, str(model_dir)], capture_output=True, text=True,
-                            timeout=120, env={**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)})
+                            timeout=120, env={**os.environ, "PYTHONPATH": ":".join(sys.path)})
     assert result.returncode == 0, result.stderr[-2000:]
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state["statuses"] == [200] * 4
     assert state["before"] == {"captum": False, "explain": False, "matplotlib": False, "explainer": False,
                                "grad": False}
     assert state["after"] == {"captum": True, "explain": True, "matplotlib": True, "explainer": True, "grad": False}
+
+
+def test_the_overlay_is_de_normalised_with_the_models_own_statistics(model_dir):
+    """A model trained with another mean and std: its arrays are drawn back with those."""
+    state_dict, spec = artifacts.load_model(model_dir)
+    spec = replace(spec, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    model = models.create_model(spec.arch, spec.num_classes)
+    model.load_state_dict(state_dict)
+    explainer = Explainer(Predictor(model, spec), Batcher(lambda batch: None))
+    array = random_batch(None, side=SIDE, seed=4)
+    _, (explanation,) = explainer.explain(Inputs(array=array[None]))
+    blue = np.round(np.asarray(matplotlib.colormaps["jet"](0.0)[:3]) * 255)  # a 1x1 feature map: no heat
+    seen = np.asarray(explain.input_image(array, spec.mean, spec.std), np.float32)
+    np.testing.assert_allclose(np.asarray(png_image(explanation.png), np.float32), 0.5 * seen + 0.5 * blue, atol=1)
