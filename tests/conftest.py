@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,18 @@ def model_dir(tmp_path_factory) -> Path:
                                mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
     artifacts.save_model(directory, model.state_dict(), spec)
     return directory
+
+
+@pytest.fixture(scope="session")
+def patch_model_dir(tmp_path_factory) -> Path:
+    """Model artifacts of a resnet18 trained to tell a bright patch from none at 64 px (tests/patches.py)."""
+    from tests import patches
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # a module may have set one thread
+    try:
+        model = patches.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert patches.accuracy(model) > 0.95, "the patch model did not learn its task"
+    return patches.save(model, tmp_path_factory.mktemp("patch_model"))

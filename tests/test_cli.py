@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from PIL import Image
 from werkzeug.serving import make_server
 
 from image_classifier import cli
@@ -184,3 +185,34 @@ def test_predict_sends_the_content_type_and_top_k(tmp_path, monkeypatch):
 def test_tune_accepts_every_objective(objective):
     args = cli.build_parser().parse_args(["tune", "--data", "data", "--objective", objective])
     assert args.objective == objective
+
+
+# --- predict --explain -----------------------------------------------------------------
+
+def _png_size(path: Path) -> tuple[int, int]:
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_main_predict_explain_writes_the_overlay_and_prints_the_table(url, tmp_path, capsys):
+    overlay = tmp_path / "overlay.png"
+    assert cli.main(["predict", str(china_path()), "--url", url, "--top-k", "3", "--explain", str(overlay)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "\n".join(lines[:4]) == cli.format_predictions(cli.predict(url, china_path(), top_k=3))
+    assert lines[4:] == [f"Grad-CAM overlay written to {overlay}"]
+    assert _png_size(overlay) == (32, 32)  # the model's input size: the image as the model saw it
+
+
+def test_main_predict_explain_a_class_and_a_batch(url, tmp_path, capsys):
+    path = tmp_path / "batch.npy"
+    path.write_bytes(npy(random_batch(2, side=40)))
+    predictions, paths = cli.explain(url, path, tmp_path / "heat.png", top_k=2, explain_class="seven")
+    assert [p.name for p in paths] == ["heat-0.png", "heat-1.png"] and len(predictions) == 2
+    assert all(_png_size(p) == (40, 40) for p in paths)
+    assert cli.main(["predict", str(path), "--url", url, "--explain", str(tmp_path / "x.png"),
+                     "--explain-class", "nope"]) == 1
+    assert "explain_class 'nope' is not one of the model's 10 labels" in capsys.readouterr().err
+    assert cli.main(["predict", str(path), "--url", url, "--explain-class", "seven"]) == 2
+    assert "--explain-class needs --explain" in capsys.readouterr().err

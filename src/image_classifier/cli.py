@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -26,8 +27,8 @@ def content_type_for(path: Path) -> str:
     return _SUFFIX_TYPES.get(path.suffix.lower(), content_types.X_IMAGE)
 
 
-def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> list[dict]:
-    """POST `image` to `<url>/invocations` and return the top-k predictions.
+def _invoke(url: str, image: Path, attributes: str, timeout: float) -> dict:
+    """POST `image` to `<url>/invocations` with these custom attributes; the JSON answer.
 
     Raises:
         RuntimeError: the server answered with an error (its message included).
@@ -36,10 +37,48 @@ def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> lis
     response = requests.post(
         f"{url.rstrip('/')}/invocations", data=image.read_bytes(), timeout=timeout,
         headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
-                 "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
+                 "X-Amzn-SageMaker-Custom-Attributes": attributes})
     if response.status_code != 200:
         raise RuntimeError(f"{response.status_code} from {url}: {error_message(response)}")
-    return response.json()["predictions"]
+    return response.json()
+
+
+def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> list[dict]:
+    """POST `image` to `<url>/invocations` and return the top-k predictions.
+
+    Raises:
+        RuntimeError: the server answered with an error (its message included).
+        requests.ConnectionError: no server at `url`.
+    """
+    return _invoke(url, image, f"top_k={top_k}", timeout)["predictions"]
+
+
+def overlay_paths(output: Path, count: int) -> list[Path]:
+    """Where `count` overlays go: `output` for one image, `<stem>-<i><suffix>` for each of a batch."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def explain(url: str, image: Path, output: Path, top_k: int = 5, explain_class: str | None = None,
+            timeout: float = 60.0) -> tuple[list, list[Path]]:
+    """POST `image` asking for Grad-CAM explanations, write each overlay PNG (`overlay_paths`);
+    the top-k predictions and the paths written.
+
+    Args:
+        explain_class: the label to explain; None: each image's most probable class.
+
+    Raises:
+        RuntimeError: the server answered with an error (its message included).
+        requests.ConnectionError: no server at `url`.
+        OSError: an overlay could not be written.
+    """
+    attributes = f"top_k={top_k},explain=gradcam" + (f",explain_class={explain_class}" if explain_class else "")
+    answer = _invoke(url, image, attributes, timeout)
+    paths = overlay_paths(output, len(answer["explanations"]))
+    for path, explanation in zip(paths, answer["explanations"]):
+        path.write_bytes(base64.b64decode(explanation["png_b64"]))
+    return answer["predictions"], paths
 
 
 def format_predictions(predictions: list[dict]) -> str:
@@ -82,12 +121,21 @@ def _download_weights(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.explain_class and not args.explain:
+        print("error: --explain-class needs --explain OVERLAY.png", file=sys.stderr)
+        return 2
+    paths: list[Path] = []
     try:
-        predictions = predict(args.url, args.image, args.top_k)
+        if args.explain:
+            predictions, paths = explain(args.url, args.image, args.explain, args.top_k, args.explain_class)
+        else:
+            predictions = predict(args.url, args.image, args.top_k)
     except (RuntimeError, OSError, requests.RequestException) as exc:  # OSError: an unreadable image file
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_answer(predictions))
+    for path in paths:
+        print(f"Grad-CAM overlay written to {path}")
     return 0
 
 
@@ -183,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--url", default="http://localhost:8080", help="server root (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--explain", type=Path, default=None, metavar="OVERLAY.png",
+                   help="also write the Grad-CAM heat-map of the top class over the image, as the model saw it, "
+                        "to this PNG (a batch file: OVERLAY-0.png, OVERLAY-1.png, ...)")
+    p.add_argument("--explain-class", default=None, metavar="LABEL",
+                   help="with --explain: the class to explain instead of the top one")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("transform", help="score every image under a folder against a model server into a CSV, "

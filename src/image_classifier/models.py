@@ -26,22 +26,30 @@ class _Arch:
     builder: Callable[..., nn.Module]   # torchvision.models.<name>
     weights: torchvision.models.WeightsEnum  # the ImageNet weights used for pretrained=True
     head: str                           # dotted path of the final nn.Linear to replace
+    # dotted path of the module whose output is the last spatial feature map, before the global
+    # pooling (stride 32: 7x7 at 224 px): Grad-CAM's layer (image_classifier.explain)
+    feature_map: str
 
 
-# mapping of model names to their torchvision builder, ImageNet weights and head module
+# mapping of model names to their torchvision builder, ImageNet weights, head module and last feature map.
+# ResNets: `layer4`, the last residual stage. The others: `features`, the whole feature extractor,
+# whose output is its last block's (a 1x1 conv to 1280/960 channels on MobileNets and
+# EfficientNet, the last stage on ConvNeXt), the map the classifier pools.
 _MODELS: dict[str, _Arch] = {
-    "resnet18": _Arch(torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
-    "resnet34": _Arch(torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1, "fc"),
-    "resnet50": _Arch(torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "fc"),
-    "resnet101": _Arch(torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V2, "fc"),
+    "resnet18": _Arch(torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet34": _Arch(torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1, "fc", "layer4"),
+    "resnet50": _Arch(torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "fc", "layer4"),
+    "resnet101": _Arch(torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V2,
+                       "fc", "layer4"),
     "mobilenet_v2": _Arch(torchvision.models.mobilenet_v2,
-                          torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2, "classifier.1"),
+                          torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2, "classifier.1", "features"),
     "mobilenet_v3_large": _Arch(torchvision.models.mobilenet_v3_large,
-                                torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V2, "classifier.3"),
+                                torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V2,
+                                "classifier.3", "features"),
     "efficientnet_b0": _Arch(torchvision.models.efficientnet_b0,
-                             torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1"),
+                             torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1", "features"),
     "convnext_tiny": _Arch(torchvision.models.convnext_tiny,
-                           torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "classifier.2"),
+                           torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "classifier.2", "features"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -104,6 +112,12 @@ def head_path(name: str) -> str:
 def head_module(model: nn.Module, name: str) -> nn.Module:
     """The new classification head of a model built by `create_model(name, ...)`."""
     return model.get_submodule(_arch(name).head)
+
+
+def feature_map_path(name: str) -> str:
+    """The dotted path of the module whose output is `name`'s last spatial feature map
+    (N, C, H/32, W/32), before the global pooling: `layer4` on ResNets, `features` on the others."""
+    return _arch(name).feature_map
 
 
 def load_pretrained_state_dict(name: str, channel_dir: Path | None = None) -> dict[str, torch.Tensor]:

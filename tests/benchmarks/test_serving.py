@@ -66,5 +66,30 @@ def test_the_benchmark_runs_and_reports_its_ratios(tmp_path, capsys):
         assert ratios["best_over_baseline_best"] == pytest.approx(
             result[side]["best_images_per_second"] / result["baseline"]["best_images_per_second"])
     assert result["ratios"] == result["server"]["ratios"]
+    check_explanations(result["server"]["explain"])
+    assert "explain" not in result["eager"]  # the headline server's alone
     printed = capsys.readouterr().out
     assert "server: p50 / limit p50 =" in printed and "\neager " in printed
+    assert "explained / plain: p50 " in printed
+
+
+def check_explanations(figures: dict) -> None:
+    assert figures["requests"] >= 5 and figures["first_explanation_ms"] > 0
+    for side in ("plain", "explained"):
+        assert figures[side]["p99_ms"] >= figures[side]["p50_ms"] > 0
+    assert figures["ratios"] == {
+        "p50_explained_over_plain": pytest.approx(figures["explained"]["p50_ms"] / figures["plain"]["p50_ms"]),
+        "p99_explained_over_plain": pytest.approx(figures["explained"]["p99_ms"] / figures["plain"]["p99_ms"])}
+
+
+@pytest.mark.slow
+def test_explain_only(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert serving.main(["--models", "resnet18", "--seconds", "0.2", "--count", "5", "--json", str(out),
+                         "--explain-only"]) == 0
+    result = json.loads(out.read_text())["results"]["resnet18"]
+    assert set(result) == {"startup_seconds", "explain"}
+    check_explanations(result["explain"])
+    printed = capsys.readouterr().out
+    assert "== resnet18: explain=gradcam against the same request without" in printed
+    assert "limit" not in printed and "baseline" not in printed

@@ -22,30 +22,7 @@ from tests.serving.images import (big_png, invocation_headers, china_jpeg, encod
                                   photo, random_batch, raw_rgb, truncated_jpeg, variants)
 
 NUM_CLASSES = len(DIGIT_NAMES)
-SERVER_ENV = ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "MODEL_SERVER_MAX_IMAGE_PIXELS", "MODEL_SERVER_WORKERS",
-              "MODEL_SERVER_THREADS", "MODEL_SERVER_MAX_BATCH", "SAGEMAKER_BASE_DIR")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """As a server worker on a small machine runs (gunicorn_config.post_fork): much faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def app(model_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        for name in SERVER_ENV:
-            mp.delenv(name, raising=False)
-        yield create_app({"TESTING": True, "MODEL_DIR": model_dir, "LOAD_IN_BACKGROUND": False})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/serving/conftest.py, with `app` and `client`
 
 
 def post(client, body: bytes, content_type: str | None = "image/jpeg", accept: str | None = None,

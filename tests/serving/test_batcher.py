@@ -1,5 +1,6 @@
 """Dynamic batching: concurrent requests share a forward pass, each gets its own rows; the server-wide lock."""
 
+import contextlib
 import gc
 import os
 import signal
@@ -132,6 +133,66 @@ def test_preparing_runs_in_the_batcher_thread_and_a_bad_input_fails_alone(lock):
     first_then_queued(clients, gate)
     assert results == {"1": [1.0], "2": [2.0], "bad": "cannot preprocess", "3": [3.0]}
     assert threads_seen == {"batcher"} and batcher.batches == 2
+
+
+class RecordingLock:
+    """A lock that records whether it is held: what `Batcher` calls of a `ForwardLock`."""
+
+    def __init__(self):
+        self.holding = False
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+
+
+def test_a_task_runs_alone_in_the_batcher_thread_holding_the_lock_between_batches():
+    """`Batcher.run`: the task waits its turn in the queue, runs by itself (the requests before it
+    in one batch, those after in the next), in the batcher's thread, with the lock held."""
+    gate, events, lock = threading.Event(), [], RecordingLock()
+
+    def slow(batch):
+        events.append(("forward", identify(batch).ravel().tolist()))
+        gate.wait(10)
+        return identify(batch)
+
+    def task():
+        events.append(("task", threading.current_thread().name, lock.holding))
+        return "done"
+
+    batcher = Batcher(slow, lock=lock)
+    results = {}
+    calls = [lambda: batcher.predict(rows(0.0)), lambda: batcher.predict(rows(1.0)),
+             lambda: batcher.predict(rows(2.0)), lambda: batcher.run(task),
+             lambda: batcher.predict(rows(3.0)), lambda: batcher.predict(rows(4.0))]
+    threads = [threading.Thread(target=lambda i=i, call=call: results.__setitem__(i, call()))
+               for i, call in enumerate(calls)]
+    for thread in threads:  # queued in this order behind the first forward pass
+        thread.start()
+        time.sleep(0.1)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert events == [("forward", [0.0]), ("forward", [1.0, 2.0]), ("task", "batcher", True),
+                      ("forward", [3.0, 4.0])]
+    assert results[3] == "done" and [results[i].ravel().tolist() for i in (0, 1, 2, 4, 5)] == [[0.0], [1.0], [2.0],
+                                                                                                [3.0], [4.0]]
+
+
+def test_a_failed_task_raises_in_its_caller_and_the_batcher_goes_on(lock):
+    batcher = Batcher(identify, lock=lock)
+
+    def bad():
+        raise ValueError("no such class")
+
+    with pytest.raises(ValueError, match="no such class"):
+        batcher.run(bad)
+    assert batcher.run(lambda: 42) == 42
+    assert batcher.predict(rows(5.0)).tolist() == [[5.0]]
 
 
 HOLD = """

@@ -304,4 +304,48 @@ def test_encode_unsupported_accept(accept):
 
 
 def test_accept_types():
-    assert set(codec.ACCEPT_TYPES) == {"application/json", "application/x-npy"}
+    assert set(codec.ACCEPT_TYPES) == {"application/json", "application/x-npy", "image/png"}
+
+
+# --- encode: explanations --------------------------------------------------------------
+
+def _explanation(class_id: int, png: bytes = b"\x89PNG\r\n\x1a\nfake") -> codec.Explanation:
+    return codec.Explanation(class_id, LABELS[class_id], 0.25, png, 12, 8)
+
+
+@pytest.mark.parametrize("n, batched", [(1, False), (1, True), (3, True)])
+def test_encode_json_explanations_beside_the_predictions(n, batched):
+    probabilities = _probabilities(n, seed=3)
+    explanations = [_explanation(i, bytes([i]) * 5) for i in range(n)]
+    document = json.loads(codec.encode(probabilities, batched, "application/json", LABELS, 2, explanations))
+    assert list(document) == ["predictions", "explanations"]
+    assert document["predictions"] == json.loads(codec.encode(probabilities, batched, "application/json", LABELS, 2))[
+        "predictions"]  # the answer without explanations, unchanged
+    assert document["explanations"] == [
+        {"class_id": i, "label": LABELS[i], "probability": 0.25, "width": 12, "height": 8,
+         "png_b64": b64(bytes([i]) * 5)} for i in range(n)]
+
+
+def test_encode_png_is_the_overlay():
+    assert codec.encode(_probabilities(1), False, "image/png", LABELS, 5, [_explanation(2, b"png!")]) == b"png!"
+
+
+@pytest.mark.parametrize("accept, batched, explanations, words", [
+    ("image/png", True, [_explanation(0)], "holds a batch"),
+    ("image/png", False, None, "add explain=gradcam"),
+    ("application/x-npy", False, [_explanation(0)], "application/json or image/png"),
+])
+def test_encode_refuses_what_cannot_carry_the_answer(accept, batched, explanations, words):
+    with pytest.raises(UnsupportedAcceptError) as info:
+        codec.encode(_probabilities(1), batched, accept, LABELS, 5, explanations)
+    assert info.value.status_code == 406 and words in info.value.message
+
+
+def test_split_inputs():
+    images = [photo((8, 8)), photo((9, 9))]
+    parts = codec.Inputs(images=images, batched=True).split()
+    assert [(p.images, p.array, p.batched) for p in parts] == [([images[0]], None, False), ([images[1]], None, False)]
+    array = random_batch(3)
+    parts = codec.Inputs(array=array, batched=True).split()
+    assert len(parts) == 3 and all(p.images is None and p.array.shape == (1, 3, 32, 32) for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p.array for p in parts]), array)

@@ -1,7 +1,7 @@
 """Property-based fuzzing of a real server against its OpenAPI description (serving/openapi.yaml).
 
-Hypothesis draws requests from the description (its content types, Accept values and header)
-mixed with what it does not allow (other types, random bytes, broken images, arrays of any
+Hypothesis draws requests from the description (its content types, Accept values and header,
+explanations among them) mixed with what it does not allow (other types, random bytes, broken images, arrays of any
 shape and dtype, pickles, JSON of any shape); every answer must be a documented status with a
 body matching its schema, never a 5xx, and the workers must survive.
 """
@@ -21,7 +21,9 @@ import pytest
 import requests
 import yaml
 from hypothesis import HealthCheck, given, settings
+from PIL import Image
 
+from image_classifier.explain import PNG_SIGNATURE
 from tests.serving.images import b64, china_jpeg, npy, truncated_jpeg
 from tests.serving.servers import Server, children, start, stop, wait_for_answer
 
@@ -115,6 +117,15 @@ def content_types():
                      st.none(), HEADER_TEXT)
 
 
+def explain_attributes():
+    """`explain=gradcam` with a class (a label, an index, or neither, valid or not) and a top_k."""
+    classes = st.one_of(st.just(""), st.sampled_from(["one", "nine", "nope"]).map(lambda v: f",explain_class={v}"),
+                        st.integers(-2, 12).map(lambda v: f";explain_class_id={v}"),
+                        HEADER_TEXT.map(lambda v: f",explain_class={v}"))
+    return st.tuples(st.sampled_from(["explain=gradcam", "EXPLAIN=gradcam,top_k=2", "explain=other"]), classes).map(
+        "".join)
+
+
 def requests_():
     """(body, headers): a body mostly sent as its own Content-Type, sometimes as any other."""
     header_text = HEADER_TEXT
@@ -126,7 +137,7 @@ def requests_():
         "Accept": st.one_of(st.none(), st.sampled_from(ACCEPTS), header_text),
         "X-Amzn-SageMaker-Custom-Attributes": st.one_of(
             st.none(), st.integers(-3, 1000).map(lambda k: f"top_k={k}"), header_text.map(lambda v: f"top_k={v}"),
-            header_text),
+            header_text, explain_attributes()),
     })
     return st.tuples(bodies_and_types, others).map(lambda t: (t[0][0], {
         k: v for k, v in {"Content-Type": t[0][1], **t[1]}.items() if v is not None}))
@@ -140,6 +151,9 @@ def check(response: requests.Response) -> None:
     assert media in content, (response.status_code, media)
     if media == "application/json":
         jsonschema.validate(response.json(), content[media]["schema"])
+    elif media == "image/png":
+        assert response.content.startswith(PNG_SIGNATURE)
+        assert Image.open(io.BytesIO(response.content)).format == "PNG"
     else:
         array = np.load(io.BytesIO(response.content), allow_pickle=False)
         assert array.dtype == np.float32 and array.ndim == 2

@@ -12,6 +12,9 @@ photo (scikit-learn's china.jpg, 427x640 JPEG):
   the best images/s at batch 1, 2, 4, 8 or 16 just before the server's load;
 - a baseline written the way the usual project writes it: Flask + gunicorn, one sync worker
   per core, PyTorch's default threads in each, the eager model, PIL decode;
+- what an explanation adds (the server with its defaults): p50/p99 at concurrency 1 of the
+  photo with `explain=gradcam` and without, in turns, and their ratio (`--explain-only`: this
+  alone, quickly);
 
 then a table, and JSON with the headline ratios server/limit and server/baseline.
 """
@@ -44,6 +47,7 @@ NUM_CLASSES = 133
 CONCURRENCY = (1, 2, 4, 8)
 BATCH_SIZES = (1, 2, 4, 8, 16)
 JPEG = "image/jpeg"
+EXPLAIN = {"X-Amzn-SageMaker-Custom-Attributes": "explain=gradcam"}
 
 BASELINE_APP = '''
 """The usual student endpoint: the model loaded at import in every worker, PIL decode, eager forward."""
@@ -200,11 +204,47 @@ def paired_latency(port: int, payload: bytes, limit: Limit, seconds: float, coun
             "limit_p50_ms": 1000 * statistics.median(own)}
 
 
-def measure_server(port: int, payload_path: Path, seconds: float, count: int, limit: Limit) -> dict[str, Any]:
-    """Paired latency (`paired_latency`), then the limit's throughput, then images/s at each
-    CONCURRENCY from a separate load process."""
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    return {"p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99))}
+
+
+def explain_latency(port: int, payload: bytes, seconds: float, count: int) -> dict[str, Any]:
+    """p50/p99 of `/invocations` at concurrency 1 with `explain=gradcam` and without, taken in
+    turns (one of each) so that both see the same machine, and their ratios; the worker's first
+    explanation (Captum imported, then Grad-CAM) apart, as `first_explanation_ms`."""
+    plain, explained = [], []
+    with requests.Session() as session:
+        def request(headers: dict[str, str]) -> float:
+            start = time.perf_counter()
+            response = session.post(f"http://127.0.0.1:{port}/invocations", data=payload, timeout=120,
+                                    headers={"Content-Type": JPEG, **headers})
+            response.raise_for_status()
+            return time.perf_counter() - start
+
+        first = request(EXPLAIN)
+        for _ in range(3):  # warm-up
+            request({})
+            request(EXPLAIN)
+        deadline = time.perf_counter() + seconds
+        while len(plain) < 5 or (len(plain) < count and time.perf_counter() < deadline):
+            plain.append(request({}))
+            explained.append(request(EXPLAIN))
+    figures = {"requests": len(plain), "first_explanation_ms": 1000 * first,
+               "plain": _percentiles(plain), "explained": _percentiles(explained)}
+    figures["ratios"] = {f"{p}_explained_over_plain": figures["explained"][f"{p}_ms"] / figures["plain"][f"{p}_ms"]
+                         for p in ("p50", "p99")}
+    return figures
+
+
+def measure_server(port: int, payload_path: Path, seconds: float, count: int, limit: Limit,
+                   explain: bool = False) -> dict[str, Any]:
+    """Paired latency (`paired_latency`), with `explain` what an explanation adds
+    (`explain_latency`), then the limit's throughput, then images/s at each CONCURRENCY from a
+    separate load process."""
     figures: dict[str, Any] = {**paired_latency(port, payload_path.read_bytes(), limit, seconds, count),
                                "limit": limit.throughput(seconds), "images_per_second": {}, "errors": {}}
+    if explain:
+        figures["explain"] = explain_latency(port, payload_path.read_bytes(), seconds, count)
     for concurrency in CONCURRENCY:
         _load(port, payload_path, concurrency, 2 * concurrency, 60)  # warm-up: every worker
         result = _load(port, payload_path, concurrency, count, seconds)
@@ -224,11 +264,29 @@ def _load(port: int, payload_path: Path, concurrency: int, count: int, seconds: 
 
 
 def serve_and_measure(command: list[str], env: dict[str, str], port: int, payload_path: Path, seconds: float,
-                      count: int, limit: Limit, cwd: Path | None = None) -> dict[str, Any]:
+                      count: int, limit: Limit, cwd: Path | None = None, explain: bool = False) -> dict[str, Any]:
     """Start a server, measure it (`measure_server`) and its start-up, stop it."""
     server, startup = start_server(command, env, port, cwd)
     try:
-        return {"startup_seconds": startup, **measure_server(port, payload_path, seconds, count, limit)}
+        return {"startup_seconds": startup, **measure_server(port, payload_path, seconds, count, limit, explain)}
+    finally:
+        stop_server(server)
+
+
+def _server_env(base_dir: Path, port: int, extra_env: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, BASE_DIR_ENV: str(base_dir), BIND_TO_PORT_ENV: str(port), **extra_env}
+
+
+def benchmark_explanations(arch: str, workdir: Path, payload_path: Path, seconds: float,
+                           count: int) -> dict[str, Any]:
+    """`--explain-only`: the server with its defaults, `explain_latency` alone."""
+    base_dir = workdir / arch
+    write_model(arch, base_dir)
+    port = free_port()
+    server, startup = start_server([sys.executable, "-m", "image_classifier.serve"], _server_env(base_dir, port, {}),
+                                   port)
+    try:
+        return {"startup_seconds": startup, "explain": explain_latency(port, payload_path.read_bytes(), seconds, count)}
     finally:
         stop_server(server)
 
@@ -245,9 +303,9 @@ def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float
 
     for name, extra_env in variants.items():
         port = free_port()
-        env = {**os.environ, BASE_DIR_ENV: str(base_dir), BIND_TO_PORT_ENV: str(port), **extra_env}
         result[name] = {"env": extra_env, **serve_and_measure(
-            [sys.executable, "-m", "image_classifier.serve"], env, port, payload_path, seconds, count, limit)}
+            [sys.executable, "-m", "image_classifier.serve"], _server_env(base_dir, port, extra_env), port,
+            payload_path, seconds, count, limit, explain=name == result["servers"][0])}
         print(f"{arch}: {name} measured (first 200 on /ping after {result[name]['startup_seconds']:.1f} s)",
               flush=True)
 
@@ -294,7 +352,22 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                     f"best / limit best = {ratios['best_over_limit_best']:.2f} (target >= 0.90); "
                     f"best / baseline best = {ratios['best_over_baseline_best']:.2f} (target >= 1.5); "
                     f"first 200 on /ping after {r[r['servers'][0]]['startup_seconds']:.1f} s (target < 5)")
+        rows.append(format_explanations(arch, r[r["servers"][0]]["explain"]))
     return "\n".join(rows)
+
+
+def format_explanations(arch: str, figures: dict[str, Any]) -> str:
+    """What an explanation adds, as rows: plain and explained p50/p99, their ratios."""
+    ratios = figures["ratios"]
+    return "\n".join([
+        f"== {arch}: explain=gradcam against the same request without, in turns, concurrency 1, "
+        f"{figures['requests']} each",
+        f"{'':<10} {'p50 ms':>7} {'p99 ms':>7}",
+        *(f"{name:<10} {figures[name]['p50_ms']:7.1f} {figures[name]['p99_ms']:7.1f}"
+          for name in ("plain", "explained")),
+        f"explained / plain: p50 {ratios['p50_explained_over_plain']:.2f}x, "
+        f"p99 {ratios['p99_explained_over_plain']:.2f}x; the worker's first explanation (imports Captum) "
+        f"{figures['first_explanation_ms']:.0f} ms"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="also run the server with this environment, side by side (repeatable), e.g. "
                              "eager:MODEL_SERVER_TORCHSCRIPT=false; the headline stays the server with its defaults")
+    parser.add_argument("--explain-only", action="store_true",
+                        help="measure only what an explanation adds (explain=gradcam against plain requests), "
+                             "e.g. --models resnet18 --count 30: about a minute")
     args = parser.parse_args(argv)
     variants = {"server": {}}
     for spec in args.variant:
@@ -316,8 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.models:
-            results[arch] = benchmark_model(arch, Path(tmp), sample_photo(), args.seconds, args.count, variants)
-    print(format_table(results))
+            if args.explain_only:
+                results[arch] = benchmark_explanations(arch, Path(tmp), sample_photo(), args.seconds, args.count)
+            else:
+                results[arch] = benchmark_model(arch, Path(tmp), sample_photo(), args.seconds, args.count, variants)
+    if args.explain_only:
+        print("\n".join(format_explanations(arch, r["explain"]) for arch, r in results.items()))
+    else:
+        print(format_table(results))
     args.json.write_text(json.dumps({"cpus": os.cpu_count(), "image_size": IMAGE_SIZE, "results": results},
                                     indent=2, default=str))
     print(f"figures written to {args.json}")

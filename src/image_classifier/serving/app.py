@@ -16,14 +16,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from image_classifier import sagemaker_env
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.serving import codec, content_types
-from image_classifier.serving.errors import BadRequestError, InferenceError, UnsupportedAcceptError
+from image_classifier.serving import attributes, codec, content_types
+from image_classifier.serving.errors import InferenceError, UnsupportedAcceptError
 from image_classifier.serving.holder import PredictorHolder
 
 logger = logging.getLogger(__name__)
-
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-DEFAULT_TOP_K = 5
 
 bp = Blueprint("inference", __name__)
 
@@ -32,8 +29,9 @@ def _holder() -> PredictorHolder:
     return current_app.extensions["predictor"]
 
 
-def negotiate_accept(header: str | None) -> str:
-    """The response type for an Accept header; missing or `*/*` means JSON.
+def negotiate_accept(header: str | None, explaining: bool = False) -> str:
+    """The response type for an Accept header; missing or `*/*` means JSON. With an explanation:
+    JSON or PNG (the overlay); without: JSON or NPY.
 
     Raises:
         UnsupportedAcceptError: nothing in the header can be produced (406).
@@ -42,30 +40,17 @@ def negotiate_accept(header: str | None) -> str:
         return content_types.JSON
     # media-type parameters (`application/json; charset=utf-8`) are ignored, as in Content-Type
     offered = MIMEAccept([(content_types.base_type(value), q) for value, q in request.accept_mimetypes])
+    if explaining:
+        best = offered.best_match(codec.EXPLANATION_TYPES)
+        if best is None:
+            raise UnsupportedAcceptError(f"unsupported Accept {header!r}: {codec.EXPLANATION_TYPES_MESSAGE}")
+        return best
     best = offered.best_match([content_types.JSON, content_types.NPY])
     if best is None:
-        raise UnsupportedAcceptError(
-            f"unsupported Accept {header!r}; supported: {', '.join(codec.ACCEPT_TYPES)}")
+        raise UnsupportedAcceptError(f"unsupported Accept {header!r}; supported: {content_types.JSON}, "
+                                     f"{content_types.NPY}; {content_types.PNG} with explain=gradcam "
+                                     f"in {attributes.HEADER}")
     return best
-
-
-def parse_top_k(header: str | None, num_classes: int) -> int:
-    """`top_k` from `X-Amzn-SageMaker-Custom-Attributes` (`top_k=3`), clamped to the classes.
-
-    Raises:
-        BadRequestError: top_k is not a positive integer (400).
-    """
-    for pair in (header or "").replace(";", ",").split(","):
-        key, _, value = pair.partition("=")
-        if key.strip().lower() == "top_k":
-            try:
-                k = int(value.strip())
-            except ValueError:
-                k = 0
-            if k < 1:
-                raise BadRequestError(f"top_k must be a positive integer, got {value.strip()!r}")
-            return min(k, num_classes)
-    return min(DEFAULT_TOP_K, num_classes)
 
 
 @bp.get("/ping")
@@ -90,19 +75,25 @@ def _request_body() -> bytes:
 
 @bp.post("/invocations")
 def invocations():
-    """Decode the body by Content-Type, predict, encode by Accept (see README, HTTP API)."""
+    """Decode the body by Content-Type, predict (and explain), encode by Accept (see README, HTTP API)."""
     # The body first, whatever the answer: gunicorn closes a keep-alive connection silently when
     # a body over 64 kB is left unread, and the client's next request on it would fail.
     body = _request_body()
-    accept = negotiate_accept(request.headers.get("Accept"))
+    header = request.headers.get(attributes.HEADER)
+    accept = negotiate_accept(request.headers.get("Accept"), explaining="explain" in attributes.pairs(header))
     holder = _holder()
     # this worker may still be loading while another already answers /ping 200: wait for it
     predictor = holder.get(current_app.config["LOAD_WAIT"])
-    top_k = parse_top_k(request.headers.get(CUSTOM_ATTRIBUTES_HEADER), predictor.spec.num_classes)
+    asked = attributes.parse(header, predictor.spec.labels)
     inputs = codec.decode(body, request.headers.get("Content-Type"), current_app.config["MAX_IMAGE_PIXELS"])
-    # decoded in this request's thread; preprocessed and predicted in a batch with others
-    probabilities = holder.batcher.predict(inputs)
-    body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, top_k)
+    if asked.explain is None:
+        # decoded in this request's thread; preprocessed and predicted in a batch with others
+        probabilities, explanations = holder.batcher.predict(inputs), None
+    else:
+        if accept == content_types.PNG:
+            codec.check_png(inputs.batched)
+        probabilities, explanations = holder.explainer().explain(inputs, asked.explain_class_id)
+    body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, asked.top_k, explanations)
     return Response(body, mimetype=accept)
 
 

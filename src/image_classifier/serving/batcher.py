@@ -6,6 +6,8 @@ waiting, up to `max_images` images, as one batch, so a lone request waits for no
 concurrent ones are batched by the time the previous forward pass takes. It preprocesses
 them and runs the forward pass holding the server's `shared.ForwardLock`, so that each pass
 uses all the cores without the workers fighting over them (model loads hold it too).
+Other torch work that must take turns with the forward passes (an explanation's forward and
+backward passes) runs in the same thread, alone, between batches: `Batcher.run`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sized
+from typing import Any, Callable, Sized, TypeVar
 
 import numpy as np
 import torch
@@ -25,14 +27,16 @@ from image_classifier.serving.shared import ForwardLock, RunDir
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGES = 16
+T = TypeVar("T")
 
 
 @dataclass
 class _Request:
     item: Sized                              # the input: its len() is its number of images
     done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None         # (N, classes) float32
+    result: Any = None                       # (N, classes) float32, or what `task` returned
     error: BaseException | None = None
+    task: Callable[[], Any] | None = None    # `Batcher.run`: called alone instead of a forward pass
 
 
 def _identity(item: Any) -> torch.Tensor:
@@ -69,7 +73,20 @@ class Batcher:
         Raises:
             whatever `prepare` raised for this input, or `forward` for its batch.
         """
-        request = _Request(item)
+        return self._submit(_Request(item))
+
+    def run(self, task: Callable[[], T]) -> T:
+        """`task()` in the batcher's thread, holding the lock, alone between two batches; its result.
+
+        For torch work that must take turns with the forward passes and run in the thread that
+        already has an OpenMP team (see `prepare`). The requests waiting meanwhile are batched next.
+
+        Raises:
+            whatever `task` raised.
+        """
+        return self._submit(_Request((), task=task))
+
+    def _submit(self, request: _Request) -> Any:
         self._queue.put(request)
         request.done.wait()
         if request.error is not None:
@@ -80,15 +97,16 @@ class Batcher:
         return self._backlog.popleft() if self._backlog else self._queue.get(block)
 
     def _take(self) -> list[_Request]:
-        """The oldest waiting request and the ones after it, in order, up to max_images images."""
+        """The oldest waiting request and the ones after it, in order, up to max_images images;
+        a task alone."""
         first = self._next(block=True)
         taken, images = [first], len(first.item)
-        while images < self.max_images:
+        while first.task is None and images < self.max_images:
             try:
                 request = self._next(block=False)
             except queue.Empty:
                 break
-            if images + len(request.item) > self.max_images:
+            if request.task is not None or images + len(request.item) > self.max_images:
                 self._backlog.appendleft(request)  # first in the next batch
                 break
             taken.append(request)
@@ -100,7 +118,10 @@ class Batcher:
             requests = self._take()
             try:
                 with self.lock.held():
-                    self._predict(requests)
+                    if requests[0].task is not None:
+                        requests[0].result = requests[0].task()
+                    else:
+                        self._predict(requests)
             except BaseException as exc:  # delivered to each waiting request; the batcher goes on
                 for request in requests:
                     if request.result is None:

@@ -1,4 +1,4 @@
-"""Decode request bodies into model inputs and encode predictions, by content type."""
+"""Decode request bodies into model inputs and encode predictions (and explanations), by content type."""
 
 from __future__ import annotations
 
@@ -32,6 +32,28 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.array)
+
+    def split(self) -> list["Inputs"]:
+        """One unbatched `Inputs` per image, in order."""
+        if self.images is not None:
+            return [Inputs(images=[image]) for image in self.images]
+        return [Inputs(array=self.array[i:i + 1]) for i in range(len(self.array))]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One image's explanation: a heat-map of the evidence for a class, over the image, as PNG."""
+
+    class_id: int
+    label: str
+    probability: float     # of `class_id` for this image
+    png: bytes             # the overlay, `width` x `height` pixels: the image as the model saw it
+    width: int
+    height: int
+
+    def to_json(self) -> dict:
+        return {"class_id": self.class_id, "label": self.label, "probability": self.probability,
+                "width": self.width, "height": self.height, "png_b64": base64.b64encode(self.png).decode("ascii")}
 
 
 def _decode_image(body: bytes, max_pixels: int | None) -> Image.Image:
@@ -131,37 +153,66 @@ def _top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[dic
     return [{"label": labels[i], "class_id": int(i), "probability": float(probabilities[i])} for i in order]
 
 
-def _to_json(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int) -> bytes:
+def _to_json(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int,
+             explanations: Sequence[Explanation] | None) -> bytes:
     lists = [_top_k(row, labels, top_k) for row in probabilities]
-    return json.dumps({"predictions": lists if batched else lists[0]}).encode()
+    document: dict = {"predictions": lists if batched else lists[0]}
+    if explanations is not None:
+        document["explanations"] = [explanation.to_json() for explanation in explanations]
+    return json.dumps(document).encode()
 
 
-def _to_npy(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int) -> bytes:
+def _to_npy(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int,
+            explanations: Sequence[Explanation] | None) -> bytes:
+    if explanations is not None:
+        raise UnsupportedAcceptError(EXPLANATION_TYPES_MESSAGE)
     buffer = io.BytesIO()
     np.save(buffer, probabilities.astype(np.float32), allow_pickle=False)
     return buffer.getvalue()
 
 
-_ENCODERS: dict[str, Callable[[np.ndarray, bool, Sequence[str], int], bytes]] = {
+def check_png(batched: bool) -> None:
+    """Raises: UnsupportedAcceptError: a PNG answer asked for a batch (406)."""
+    if batched:
+        raise UnsupportedAcceptError("image/png answers one image and this request holds a batch: send one "
+                                     "image, or ask for application/json (one overlay per image in explanations)")
+
+
+def _to_png(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int,
+            explanations: Sequence[Explanation] | None) -> bytes:
+    check_png(batched)
+    if not explanations:
+        raise UnsupportedAcceptError("image/png answers an explanation: add explain=gradcam to "
+                                     "X-Amzn-SageMaker-Custom-Attributes")
+    return explanations[0].png
+
+
+_ENCODERS: dict[str, Callable[[np.ndarray, bool, Sequence[str], int, Sequence[Explanation] | None], bytes]] = {
     content_types.JSON: _to_json,
     content_types.NPY: _to_npy,
+    content_types.PNG: _to_png,
 }
 ACCEPT_TYPES: tuple[str, ...] = tuple(_ENCODERS)
+EXPLANATION_TYPES = (content_types.JSON, content_types.PNG)  # what can carry an explanation
+EXPLANATION_TYPES_MESSAGE = f"an explanation is answered as {' or '.join(EXPLANATION_TYPES)}"
 
 
 def encode(probabilities: np.ndarray, batched: bool, accept: str, labels: Sequence[str],
-           top_k: int) -> bytes:
-    """Encode class probabilities (N, num_classes) float32 as `accept`.
+           top_k: int, explanations: Sequence[Explanation] | None = None) -> bytes:
+    """Encode class probabilities (N, num_classes) float32, and explanations, as `accept`.
 
     JSON: `{"predictions": [{"label", "class_id", "probability"}, ...]}`, the `top_k` most
-    probable classes, most probable first (a batch: one such list per input). NPY: the whole
-    (N, num_classes) float32 array.
+    probable classes, most probable first (a batch: one such list per input), and with
+    `explanations`, `"explanations": [{"class_id", "label", "probability", "width", "height",
+    "png_b64"}, ...]`, one per input image in order (a list of one for a single image).
+    NPY: the whole (N, num_classes) float32 array. PNG: the one image's explanation overlay.
 
     Raises:
-        UnsupportedAcceptError: no encoder for `accept` (406).
+        UnsupportedAcceptError: no encoder for `accept`; explanations as NPY; PNG without
+            an explanation or for a batch (406).
     """
     try:
         encoder = _ENCODERS[accept]
     except KeyError:
         raise UnsupportedAcceptError(f"unsupported Accept {accept!r}; supported: {', '.join(_ENCODERS)}") from None
-    return encoder(probabilities, batched, labels, top_k)
+    return encoder(probabilities, batched, labels, top_k, explanations)

@@ -35,6 +35,8 @@ class PredictorHolder:
         self.run_dir = run_dir or RunDir()
         self._predictor = None
         self.batcher = None  # the worker's Batcher, once the model is loaded
+        self._explainer = None  # made by the first request asking for an explanation
+        self._explainer_lock = threading.Lock()
         self.error: str | None = None
         self._loaded = threading.Event()
         if background:
@@ -96,6 +98,21 @@ class PredictorHolder:
         """
         self._loaded.wait(wait)
         return self.predictor
+
+    def explainer(self):
+        """The worker's `explainer.Explainer`, made by the first call: that request imports Captum
+        and matplotlib (a second or two); the plain path never does.
+
+        Raises:
+            ModelNotReadyError: the model is not loaded (503).
+        """
+        predictor = self.predictor
+        with self._explainer_lock:
+            if self._explainer is None:
+                from image_classifier.serving.explainer import Explainer
+
+                self._explainer = Explainer(predictor, self.batcher)
+        return self._explainer
 
     @property
     def predictor(self):

@@ -43,7 +43,9 @@ class Predictor:
     """A model from `artifacts.load_model`, in eval mode on the CPU, and its preprocessing."""
 
     def __init__(self, model: torch.nn.Module, spec: artifacts.ModelSpec, torchscript: bool = False):
-        self.model = model.train(False)  # eval mode
+        # eval mode, and no parameter gradients: Grad-CAM (serving/explainer.py) needs the gradient
+        # at one layer only, and with none wanted before it the forward pass records no graph there
+        self.model = model.train(False).requires_grad_(False)
         self.spec = spec
         self.transform = eval_transform(spec.image_size, spec.mean, spec.std)
         self.forward = optimize(self.model, spec.image_size) if torchscript else self.model
