@@ -221,3 +221,25 @@ def test_input_image_undoes_the_eval_transform():
     assert np.abs(np.asarray(shown, np.int16) - expected).mean() < 2  # resize + centre crop, de-normalised
     with pytest.raises(ValueError, match="3, H, W"):
         explain.input_image(torch.zeros(1, 3, 8, 8))
+
+
+# --- overlays of images as the model sees them ----------------------------------------
+
+@pytest.mark.slow  # the patch model
+def test_overlays_are_gradcam_of_each_images_class_drawn_on_it(patch_model):
+    images = [Image.fromarray(patches.patch_image(centre, seed=7)) for centre in patches.CENTRES[:3]]
+    classes = [0, 1, 0]
+
+    drawn = explain.overlays(patch_model, "resnet18", images, classes)
+
+    maps = explain.gradcam(patch_model, explain.target_layer(patch_model, "resnet18"),
+                           patches.to_input(np.stack([np.asarray(i) for i in images])), torch.tensor(classes))
+    for image, heat, got in zip(images, maps.numpy(), drawn):
+        assert got.size == image.size and got.mode == "RGB"
+        assert np.abs(np.asarray(got, np.int16) - np.asarray(explain.overlay(image, heat), np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("sizes, classes", [([], []), ([(8, 8), (9, 8)], [0, 0]), ([(8, 8)], [0, 1])])
+def test_overlays_refuse_mixed_sizes_and_missing_classes(registry, sizes, classes):
+    with pytest.raises(ValueError, match="one size and a class for each"):
+        explain.overlays(registry["resnet18"], "resnet18", [Image.new("RGB", s) for s in sizes], classes)

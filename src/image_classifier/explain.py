@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 from torch import Tensor, nn
+from torchvision import transforms as T
 
 from image_classifier import models
 from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -165,6 +167,36 @@ def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Imag
     levels = np.round(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
     blended = (1.0 - alpha) * np.asarray(rgb, np.float32) + alpha * _colours(COLORMAP)[levels]
     return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+def overlays(model: nn.Module, name: str, images: Sequence[Image.Image], classes: Sequence[int],
+             mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[Image.Image]:
+    """Each image with the Grad-CAM heat-map of its class drawn over it (`gradcam`, `overlay`).
+
+    Args:
+        model: an eager `name` model in eval mode (see `gradcam`); the images go to its device.
+        name: its registry name (for `target_layer`).
+        images: RGB Pillow images as the model sees them (resized and center-cropped by
+            `transforms.eval_view`), all of one size.
+        classes: the class index to explain for each image (e.g. its predicted class).
+        mean, std: the per-channel normalisation the model expects (`ToTensor` then `Normalize`).
+
+    Returns:
+        RGB images of the inputs' size, in the inputs' order.
+
+    Raises:
+        ValueError: no images, images of different sizes, as many classes as images not given,
+            or what `gradcam` raises.
+    """
+    if not images or len({image.size for image in images}) != 1 or len(classes) != len(images):
+        raise ValueError(f"overlays needs images of one size and a class for each: got sizes "
+                         f"{sorted({image.size for image in images})} and {len(classes)} classes for {len(images)}")
+    device = next(model.parameters()).device
+    to_input = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    inputs = torch.stack([to_input(image.convert("RGB")) for image in images]).to(device)
+    maps = gradcam(model, target_layer(model, name), inputs, torch.tensor(list(classes), dtype=torch.int64,
+                                                                           device=device))
+    return [overlay(image, heatmap) for image, heatmap in zip(images, maps.cpu().numpy())]
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -90,8 +90,11 @@ def test_overlays_replace_the_grid_images(tmp_path):
         seen.append((rows, [img.size for img in images]))
         return [Image.new("RGB", img.size, (255, 0, 0)) for img in images]
 
-    report.write(tmp_path / "evaluation", PROBABILITIES, TARGETS, CLASSES, "test", image_of, overlays=overlays)
+    report.write(tmp_path / "evaluation", PROBABILITIES, TARGETS, CLASSES, "test", image_of,
+                 overlays=plots.Overlays(overlays, "Red is everything here."))
     assert seen == [([5, 6, 2, 1, 4, 3, 0, 7], [(32, 32)] * 8)]
+    assert "the model saw the images: true label, predicted label and its probability. Red is everything here." \
+        in (tmp_path / "evaluation" / "index.html").read_text()
     with Image.open(tmp_path / "evaluation" / "predictions.png") as png:
         pixels = np.asarray(png.convert("RGB")).reshape(-1, 3)
     assert ((pixels == (255, 0, 0)).all(axis=1)).sum() > 8 * 100  # the red overlays were drawn

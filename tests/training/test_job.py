@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-from image_classifier import artifacts, models
+from image_classifier import artifacts, explain, models
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation import report as evaluation_report
 from image_classifier.launch.metrics import metric_regex
@@ -28,6 +30,7 @@ from image_classifier.training.features import FeatureChannel
 from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE, run
 from image_classifier.training.loop import Outputs
 from image_classifier.images import open_image
+from image_classifier.transforms import eval_view
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
 EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+) "
@@ -241,7 +244,7 @@ def test_serving_agrees_with_training_on_classes_and_accuracy(opt_ml, digit_tree
 def test_without_a_test_channel_the_report_is_of_the_valid_channel(tmp_path, opt_ml, digit_tree):
     tree = shutil.copytree(digit_tree, tmp_path / "data", ignore=shutil.ignore_patterns("test"))
     # cached features: the grid's images are found by scanning the channel again
-    env = opt_ml(tree, freeze="backbone", augment=False, lr=0.01)
+    env = opt_ml(tree, freeze="backbone", augment=False, lr=0.01, image_size=64)
 
     result = run(env, TrainConfig.from_hyperparameters(env.hyperparameters()))
 
@@ -250,7 +253,9 @@ def test_without_a_test_channel_the_report_is_of_the_valid_channel(tmp_path, opt
     # the best weights on the channel that chose them: the best epoch's figures again
     assert (evaluation["accuracy"], evaluation["macro_f1"]) == pytest.approx(
         (result["valid_accuracy"], result["valid_f1"]), rel=1e-6)
-    assert "no test channel" in (env.output_data_dir / REPORT_DIR / evaluation_report.REPORT_FILE).read_text()
+    page = (env.output_data_dir / REPORT_DIR / evaluation_report.REPORT_FILE).read_text()
+    assert "no test channel" in page
+    assert "the Grad-CAM heat-map of the predicted class" in page  # 64 px: overlays in the grid
 
 
 @pytest.fixture
@@ -267,9 +272,14 @@ def test_pass(opt_ml, digit_tree):
     return env, config, classes, loader, outputs
 
 
+def _untrained_state(classes: list[str]) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return models.create_model("resnet18", len(classes)).state_dict()
+
+
 def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass, monkeypatch, caplog):
     env, config, classes, loader, outputs = test_pass
-    job._write_report(env, config, classes, "test", loader, outputs)
+    job._write_report(env, config, classes, "test", loader, outputs, _untrained_state(classes), torch.device("cpu"))
     written = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
     assert written["images"] == 24 and sum(r["support"] for r in written["per_class"]) == 24
 
@@ -277,9 +287,34 @@ def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass,
         raise RuntimeError("matplotlib is broken")
 
     monkeypatch.setattr(evaluation_report, "write", broken)
-    job._write_report(env, config, classes, "test", loader, outputs)  # no exception
+    job._write_report(env, config, classes, "test", loader, outputs, _untrained_state(classes),
+                      torch.device("cpu"))  # no exception
     assert "the evaluation report could not be written" in caplog.text and "matplotlib is broken" in caplog.text
     assert json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text()) == written
+
+
+def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass):
+    env, config, classes, loader, outputs = test_pass
+    state = _untrained_state(classes)
+    probabilities = outputs.arrays()[0]
+    cpu = torch.device("cpu")
+    assert job._gradcam_overlays(config, classes, state, probabilities, cpu) is None  # 32 px: a 1x1 map
+    config = dataclasses.replace(config, image_size=64)
+    overlays = job._gradcam_overlays(config, classes, state, probabilities, cpu)
+
+    view = eval_view(64)
+    rows = [3, 0, 17]
+    images = [view(open_image(loader.dataset.samples[r][0])) for r in rows]
+    model = models.create_model("resnet18", len(classes))
+    model.load_state_dict(state)
+    expected = explain.overlays(model.eval(), "resnet18", images, probabilities[rows].argmax(axis=1).tolist())
+    drawn = overlays.draw(rows, images)
+    assert [np.asarray(d).tolist() for d in drawn] == [np.asarray(e).tolist() for e in expected]
+    assert all(np.abs(np.asarray(d, np.int16) - np.asarray(i, np.int16)).mean() > 10 for d, i in zip(drawn, images))
+
+    job._write_report(env, config, classes, "test", loader, outputs, state, cpu)
+    assert "the Grad-CAM heat-map of the predicted class" in (env.output_data_dir / REPORT_DIR /
+                                                              evaluation_report.REPORT_FILE).read_text()
 
 
 def test_cached_features_find_their_images_by_a_new_scan(test_pass):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -15,9 +16,17 @@ NUMBERS_UP_TO = 15        # classes up to which each cell of the confusion matri
 MIN_TICK_POINTS = 4.0     # the smallest tick label font; with more classes than fit, every n-th is labelled
 RIGHT, WRONG = "tab:green", "tab:red"
 
-# Given the grid's rows (indices into the predictions) and their images as the model saw them,
-# the images to draw instead: e.g. Grad-CAM overlays of the predicted class.
-Overlays = Callable[[list[int], list[Image.Image]], list[Image.Image]]
+@dataclass(frozen=True)
+class Overlays:
+    """What the predictions grid draws instead of the plain images (e.g. Grad-CAM heat-maps).
+
+    `draw(rows, images)`: given the grid's rows (indices into the predictions) and their
+    images as the model saw them, the images to draw, of the same sizes; `caption`: a
+    sentence the page adds to the grid's caption to say what is drawn.
+    """
+
+    draw: Callable[[list[int], list[Image.Image]], list[Image.Image]]
+    caption: str
 
 
 def reliability_diagram(bins: list[dict], ece: float):

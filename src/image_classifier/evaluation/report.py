@@ -39,7 +39,8 @@ def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class
         class_names: the C class folder names.
         channel: which channel the predictions are of; the page says it.
         image: the image of row i, as the model saw it (resized and cropped), for the grid.
-        overlays: draws the grid's images instead (e.g. Grad-CAM); None: the plain images.
+        overlays: what the grid draws instead of the plain images (e.g. Grad-CAM), and
+            the caption's sentence about it; None: the plain images.
         top_k: k of the top-k accuracy (at most C).
 
     Returns:
@@ -119,10 +120,11 @@ def _page(summary: dict[str, Any], probabilities: np.ndarray, targets: np.ndarra
     rows = [int(r) for r in plots.grid_order(probabilities, targets)]
     images = [image(r) for r in rows]
     if overlays:
-        images = overlays(rows, images)
+        images = overlays.draw(rows, images)
     page.plot("predictions", plots.predictions_grid(images, rows, probabilities, targets, labels),
               "The most confident wrong predictions first (red titles), then the least confident right ones "
-              "(green), as the model saw the images: true label, predicted label and its probability.")
+              "(green), as the model saw the images: true label, predicted label and its probability."
+              + (f" {overlays.caption}" if overlays else ""))
 
     page.heading("Per class")
     page.table(["class", "precision", "recall", "F1", "images"],

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from image_classifier import artifacts, models
 from image_classifier.debugging.debugger import Debugger
 from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation import plots
 from image_classifier.evaluation import report as evaluation_report
 from image_classifier.evaluation.metrics import format_table, macro_f1
 from image_classifier.images import open_image
@@ -351,7 +352,7 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     _save_artifacts(env, config, class_names, state.best_state)
     _write_metrics(env, state, test)
     channel = data.TEST if data.TEST in loaders else data.VALID
-    _write_report(env, config, class_names, channel, loaders[channel], outputs)
+    _write_report(env, config, class_names, channel, loaders[channel], outputs, state.best_state, device)
     return result
 
 
@@ -381,9 +382,38 @@ def _sample_paths(env: SageMakerEnv, channel: str, loader: DataLoader, class_nam
     return [path for path, _ in samples]
 
 
+# The backbones downsample by 32: below 64 px their last feature map is 1x1, and a Grad-CAM
+# heat-map of it is flat, with nothing to say about where (see explain.target_layer).
+GRADCAM_MIN_IMAGE_SIZE = 64
+
+
+def _gradcam_overlays(config: TrainConfig, class_names: list[str], state_dict: dict, probabilities: np.ndarray,
+                      device: torch.device) -> plots.Overlays | None:
+    """The predictions grid's Grad-CAM: each image with the heat-map of its predicted class.
+
+    Computed by a fresh model holding `state_dict` (the saved weights), in eval mode on
+    `device`: no debugger hooks, no DDP wrapper. None below `GRADCAM_MIN_IMAGE_SIZE`.
+    """
+    if config.image_size < GRADCAM_MIN_IMAGE_SIZE:
+        return None
+    from image_classifier import explain  # Captum, only when there is a report to draw
+
+    model = models.create_model(config.model, len(class_names), config.dropout)
+    model.load_state_dict(state_dict)
+    model.to(device).eval()
+
+    def draw(rows: list[int], images: list) -> list:
+        return explain.overlays(model, config.model, images, [int(probabilities[r].argmax()) for r in rows])
+
+    return plots.Overlays(draw, "Over each image, the Grad-CAM heat-map of the predicted class (Selvaraju et al. "
+                                "2017, arXiv:1610.02391): red where the evidence for it is strongest, blue where "
+                                "there is none.")
+
+
 def _write_report(env: SageMakerEnv, config: TrainConfig, class_names: list[str], channel: str,
-                  loader: DataLoader, outputs: Outputs) -> None:
-    """The evaluation report of the model on `channel`, in output/data/evaluation (rank 0).
+                  loader: DataLoader, outputs: Outputs, state_dict: dict, device: torch.device) -> None:
+    """The evaluation report of the model (`state_dict`) on `channel`, in output/data/evaluation
+    (rank 0), its grid with Grad-CAM overlays (`_gradcam_overlays`).
 
     A report that fails is logged, not raised: the model artifacts are written already, and
     they are what the job is for.
@@ -394,8 +424,9 @@ def _write_report(env: SageMakerEnv, config: TrainConfig, class_names: list[str]
     directory = env.output_data_dir / REPORT_DIR
     try:
         paths, view = _sample_paths(env, channel, loader, class_names), eval_view(config.image_size)
+        overlays = _gradcam_overlays(config, class_names, state_dict, probabilities, device)
         summary = evaluation_report.write(directory, probabilities, targets, class_names, channel,
-                                          lambda row: view(open_image(paths[indices[row]])))
+                                          lambda row: view(open_image(paths[indices[row]])), overlays)
     except Exception:
         logger.exception("the evaluation report could not be written (the model artifacts were)")
         return
