@@ -395,6 +395,8 @@ def _gradcam_overlays(config: TrainConfig, class_names: list[str], state_dict: d
     `device`: no debugger hooks, no DDP wrapper. None below `GRADCAM_MIN_IMAGE_SIZE`.
     """
     if config.image_size < GRADCAM_MIN_IMAGE_SIZE:
+        logger.info("the report's grid shows no Grad-CAM: at %d px the last feature map is a single cell "
+                    "(from %d px it has 2 x 2)", config.image_size, GRADCAM_MIN_IMAGE_SIZE)
         return None
     from image_classifier import explain  # Captum, only when there is a report to draw
 
