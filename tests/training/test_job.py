@@ -149,7 +149,12 @@ def test_missing_channel_is_a_clear_failure(tmp_path, opt_ml):
     assert "train channel" in env.failure_path.read_text()
 
 
-RESUME_JOB = dict(epochs=3, num_workers=2)
+# Only the head trains (on the frozen backbone's features of augmented images, not cached):
+# a convex problem, where rounding stays rounding. Trained whole from scratch at 32 px, the
+# network amplifies any difference: weights multiplied by (1 + 1e-7) at the checkpoint ended
+# 0.1 away (AdamW's first steps move each weight by about lr whatever the gradient's size), and
+# CI once saw a killed-and-resumed job end that far from the uninterrupted one.
+RESUME_JOB = dict(epochs=3, num_workers=2, freeze="backbone", lr=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +175,22 @@ def uninterrupted(tmp_path_factory, resume_tree) -> dict[str, torch.Tensor]:
     return artifacts.load_model(env.model_dir)[0]
 
 
+# How far apart two ends of RESUME_JOB may be, as a share of the largest value of each tensor.
+# Measured on it: resumed from a checkpoint whose weights were multiplied by (1 + 1e-7), the job
+# ends 7e-5 away (rounding that differs between processes stays that small); resumed with the
+# optimizer's state dropped, 0.41 away. A resume that loses state lands far outside.
+SAME_WEIGHTS_TOLERANCE = 1e-3
+
+
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
+        if not a[key].is_floating_point():
+            assert torch.equal(a[key], b[key]), key
+            continue
+        gap, scale = (a[key] - b[key]).abs().max().item(), b[key].abs().max().item()
+        assert gap <= SAME_WEIGHTS_TOLERANCE * scale, f"{key}: {gap:.3g} apart, at most {scale:.3g} in size"
 
 
 @pytest.mark.slow
