@@ -178,9 +178,10 @@ def test_two_processes_train_one_job(opt_ml, digit_tree, cached):
     test = _evaluate_alone(env.model_dir, digit_tree / "test", test_outputs)
     assert (metrics["test_loss"], metrics["test_accuracy"]) == pytest.approx((test["loss"], test["accuracy"]),
                                                                              rel=1e-5)
+    probabilities, targets = test_outputs.arrays()
+    assert metrics["test_f1"] == pytest.approx(macro_f1(probabilities.argmax(axis=1), targets), rel=1e-5)
     # the report: rank 0's, of both ranks' test predictions
     evaluation = json.loads((env.output_data_dir / REPORT_DIR / "metrics.json").read_text())
-    probabilities, targets = test_outputs.arrays()
     confusion = [[int(((targets == t) & (probabilities.argmax(axis=1) == p)).sum()) for p in range(3)] for t in range(3)]
     assert evaluation["images"] == 24 and evaluation["confusion_matrix"] == confusion
     assert spec.class_names == ["001.zero", "002.one", "003.two"]

@@ -35,7 +35,7 @@ from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
 EPOCH_LINE = re.compile(r"epoch=(\d+) train_loss=(\S+) train_accuracy=(\S+) valid_loss=(\S+) valid_accuracy=(\S+) "
                         r"valid_f1=(\S+)")
-TEST_LINE = re.compile(r"test_loss=(\S+) test_accuracy=(\S+)")
+TEST_LINE = re.compile(r"test_loss=(\S+) test_accuracy=(\S+) test_f1=(\S+)")
 
 
 def start_job(env: SageMakerEnv) -> subprocess.Popen:
@@ -93,7 +93,7 @@ def test_whole_job_as_sagemaker_runs_it(tmp_path, opt_ml, digit_tree):
         assert f"{path.parent.name}/{path.name} (" in log, f"{path.name} not named in the log"
     epochs = [tuple(map(float, m.groups())) for m in EPOCH_LINE.finditer(log)]
     assert [e[0] for e in epochs] == [1, 2]
-    test_loss, test_accuracy = map(float, TEST_LINE.search(log).groups())
+    test_loss, test_accuracy, test_f1 = map(float, TEST_LINE.search(log).groups())
     metrics = json.loads((env.output_data_dir / METRICS_FILE).read_text())
     assert [h["epoch"] for h in metrics["epochs"]] == [1, 2]
     for logged, saved in zip(epochs, metrics["epochs"]):
@@ -110,6 +110,7 @@ def test_whole_job_as_sagemaker_runs_it(tmp_path, opt_ml, digit_tree):
     evaluation = json.loads((report / evaluation_report.METRICS_FILE).read_text())
     assert (evaluation["channel"], evaluation["images"], evaluation["classes"]) == ("test", 24, 3)
     assert evaluation["accuracy"] == pytest.approx(test_accuracy, rel=1e-5)
+    assert evaluation["macro_f1"] == pytest.approx(test_f1, rel=1e-5) == metrics["test_f1"]
     assert sum(r["support"] for r in evaluation["per_class"]) == 24
     assert all((report / f"{name}.png").stat().st_size > 1000 for name in evaluation_report.PICTURES)
     assert "evaluation of the test channel, 24 images" in log and re.search(r"\nclass +prec +rec +f1 +n\n", log)

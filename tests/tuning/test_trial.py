@@ -28,7 +28,7 @@ def test_parse_metrics_reads_an_epoch_line_as_the_job_writes_it():
 
 
 def test_parse_metrics_reads_the_final_line_and_nothing_else():
-    test = {"test_loss": 0.5, "test_accuracy": 0.8625}
+    test = {"test_loss": 0.5, "test_accuracy": 0.8625, "test_f1": 0.85}
     assert parse_metrics(f"INFO job: {format_metrics(test)}") == test
     assert parse_metrics("INFO job: channel train: 1258 images in 10 classes") == {}
     # `epoch_seconds=` alone is no epoch, `best_valid_accuracy=` no valid_accuracy

@@ -4,7 +4,7 @@ The training job logs one line per epoch and one at the end
 (`image_classifier.training.job.format_metrics`):
 
     epoch=3 train_loss=0.41 train_accuracy=0.88 valid_loss=0.52 valid_accuracy=0.85 valid_f1=0.84 epoch_seconds=12 images_per_second=410
-    test_loss=0.5 test_accuracy=0.86
+    test_loss=0.5 test_accuracy=0.86 test_f1=0.85
 
 SageMaker reads metrics from the job's log with these regexes (MetricDefinitions of
 CreateTrainingJob / CreateHyperParameterTuningJob: a Name and a Regex whose first group is the
@@ -17,7 +17,7 @@ from __future__ import annotations
 # the names the training job logs, in the order it logs them
 EPOCH_METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "valid_f1", "epoch_seconds",
                  "images_per_second")
-FINAL_METRICS = ("test_loss", "test_accuracy")
+FINAL_METRICS = ("test_loss", "test_accuracy", "test_f1")
 # a float as Python's "%.6g" writes it: 0.41, 12, 1e-05, 3.2e+04
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 

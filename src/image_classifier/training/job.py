@@ -233,7 +233,7 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
     """Run the training job described by `env` and `config`.
 
     Returns:
-        the final metrics: `test_loss`/`test_accuracy` when there is a test channel, and the
+        the final metrics: `test_loss`/`test_accuracy`/`test_f1` when there is a test channel, and the
         best epoch's validation figures.
 
     Raises:
@@ -343,7 +343,9 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     if data.TEST in loaders:
         metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict",
                            reduce=distributed.all_reduce_meter, outputs=outputs)
-        test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        probabilities, targets, _ = _gathered(loaders[data.TEST], outputs)  # ddp: every rank
+        test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
+                "test_f1": macro_f1(probabilities.argmax(axis=1), targets)}
         logger.info(format_metrics(test))
         result.update(test)
     else:  # the report is of the valid channel then: its predictions with the best weights
