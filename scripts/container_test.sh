@@ -2,11 +2,13 @@
 # Usage: scripts/container_test.sh
 # Builds both images and runs the README's compose instructions for real: docker (or podman
 # where no Docker engine runs) with docker compose (or podman-compose). Checks that training
-# wrote the model artifacts and no failure file, that the server answers a real photo, and
+# wrote the model artifacts, the evaluation report and no failure file, that the server answers
+# a real photo (and explains it: a Grad-CAM PNG; a 400 for a class it lacks), and
 # that `docker run IMAGE train` fails with a failure file on a bad hyperparameter and that
 # `docker stop` makes the job save a checkpoint (SIGTERM reaches it), and that a job with
 # debug=true profile=true writes both reports (smdebug and the rest work in the image), and that a
-# frozen-backbone job trains on cached features with compile=true (the compiler is there). Tears the
+# frozen-backbone job trains on cached features with compile=true (the compiler is there), its
+# report at 64 px drawn with Grad-CAM (Captum in the training image). Tears the
 # containers down; the images and their build cache stay. Clears ./local/opt_ml first.
 # Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
 set -euo pipefail
@@ -72,6 +74,8 @@ curl -fsS "http://localhost:$port/ping" >/dev/null || fail "/ping never answered
 [ -s local/opt_ml/model/model.pth ] && [ -s local/opt_ml/model/model_config.json ] \
   || fail "the training container wrote no model artifacts"
 [ ! -e local/opt_ml/output/failure ] || fail "training wrote a failure: $(cat local/opt_ml/output/failure)"
+[ -s local/opt_ml/output/data/evaluation/index.html ] && [ -s local/opt_ml/output/data/evaluation/metrics.json ] \
+  || fail "the training container wrote no evaluation report"
 
 echo "== 4. a real photo to /invocations"
 "$ENGINE" run --rm image-classifier-train:latest python3 -c \
@@ -89,6 +93,20 @@ probabilities = [p["probability"] for p in predictions]
 assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
 print("top-5:", ", ".join(f'{p["label"]} {p["probability"]:.3f}' for p in predictions))
 PY
+# an explanation: Captum in the serving image, the overlay as PNG; a class the model lacks is a 400
+curl -fsS --data-binary "@$work/photo.jpg" -H 'Content-Type: image/jpeg' -H 'Accept: image/png' \
+  -H 'X-Amzn-SageMaker-Custom-Attributes: explain=gradcam' "http://localhost:$port/invocations" \
+  > "$work/overlay.png" || fail "/invocations with explain=gradcam did not answer 200"
+python3 - "$work/overlay.png" <<'PY' || fail "the explanation is not a PNG"
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:16]
+width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+print(f"Grad-CAM overlay: {width} x {height} px PNG, {len(data)} bytes")
+PY
+status=$(curl -sS -o /dev/null -w '%{http_code}' --data-binary "@$work/photo.jpg" -H 'Content-Type: image/jpeg' \
+  -H 'X-Amzn-SageMaker-Custom-Attributes: explain=gradcam,explain_class=no-such-class' "http://localhost:$port/invocations")
+[ "$status" = 400 ] || fail "an unknown explain_class got $status, not 400"
 
 echo "== 5. docker run IMAGE train with a bad hyperparameter"
 mkdir -p "$work/opt_ml/input/config"
@@ -127,11 +145,13 @@ done
 grep -q "debugger rules:" "$work/debug.log" && grep -q "profiler rules:" "$work/debug.log" \
   || fail "no rules tables in the debug training job's log"
 
-echo "== 8. a frozen-backbone job on cached features, compiled (the image keeps a C++ compiler)"
-train_in_image cache '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "32", "num-workers": "0", "compile": "true"}'
+echo "== 8. a frozen-backbone job on cached features, compiled (the image keeps a C++ compiler), at 64 px: Grad-CAM"
+train_in_image cache '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "64", "num-workers": "0", "compile": "true"}'
 [ "$(ls "$work"/cache/checkpoints/feature-cache/*.pt | wc -l)" = 3 ] || fail "no feature cache of 3 channels"
 [ -s "$work/cache/model/model.pth" ] || fail "the cached training job wrote no model"
 grep -q "test_accuracy=" "$work/cache.log" || fail "no test figures from the cached training job"
+grep -q "the Grad-CAM heat-map of the predicted class" "$work/cache/output/data/evaluation/index.html" \
+  || fail "the cached training job's report has no Grad-CAM overlays"
 
 echo "== 9. tear down"
 "${COMPOSE[@]}" down
