@@ -71,13 +71,15 @@ def explain(url: str, image: Path, output: Path, top_k: int = 5, explain_class: 
     Raises:
         RuntimeError: the server answered with an error (its message included).
         requests.ConnectionError: no server at `url`.
-        OSError: an overlay could not be written.
+        OSError: an overlay could not be written (none is left half-written).
     """
+    from image_classifier.artifacts import atomic_write_bytes  # imports torch: only for --explain
+
     attributes = f"top_k={top_k},explain=gradcam" + (f",explain_class={explain_class}" if explain_class else "")
     answer = _invoke(url, image, attributes, timeout)
     paths = overlay_paths(output, len(answer["explanations"]))
     for path, explanation in zip(paths, answer["explanations"]):
-        path.write_bytes(base64.b64decode(explanation["png_b64"]))
+        atomic_write_bytes(path, base64.b64decode(explanation["png_b64"]))
     return answer["predictions"], paths
 
 

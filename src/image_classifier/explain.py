@@ -25,10 +25,9 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms as T
 
 from image_classifier import models
-from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD
+from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, network_input
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 COLORMAP = "jet"  # blue (0: no evidence) through green and yellow to red (1: the most)
@@ -179,7 +178,7 @@ def overlays(model: nn.Module, name: str, images: Sequence[Image.Image], classes
         images: RGB Pillow images as the model sees them (resized and center-cropped by
             `transforms.eval_view`), all of one size.
         classes: the class index to explain for each image (e.g. its predicted class).
-        mean, std: the per-channel normalisation the model expects (`ToTensor` then `Normalize`).
+        mean, std: the per-channel normalisation the model expects (`transforms.network_input`).
 
     Returns:
         RGB images of the inputs' size, in the inputs' order.
@@ -192,7 +191,7 @@ def overlays(model: nn.Module, name: str, images: Sequence[Image.Image], classes
         raise ValueError(f"overlays needs images of one size and a class for each: got sizes "
                          f"{sorted({image.size for image in images})} and {len(classes)} classes for {len(images)}")
     device = next(model.parameters()).device
-    to_input = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    to_input = network_input(mean, std)
     inputs = torch.stack([to_input(image.convert("RGB")) for image in images]).to(device)
     maps = gradcam(model, target_layer(model, name), inputs, torch.tensor(list(classes), dtype=torch.int64,
                                                                            device=device))

@@ -22,9 +22,14 @@ def eval_view(image_size: int) -> T.Compose:
     return T.Compose([T.Resize(resize_size(image_size)), T.CenterCrop(image_size)])
 
 
+def network_input(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
+    """PIL RGB image (W x H) → float32 tensor (3, H, W): ToTensor (to [0, 1]), then Normalize by `mean`, `std`."""
+    return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+
 def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
-    """PIL RGB image → float32 tensor (3, image_size, image_size): `eval_view`, then ToTensor, Normalize."""
-    return T.Compose([*eval_view(image_size).transforms, T.ToTensor(), T.Normalize(mean, std)])
+    """PIL RGB image → float32 tensor (3, image_size, image_size): `eval_view`, then `network_input`."""
+    return T.Compose([*eval_view(image_size).transforms, *network_input(mean, std).transforms])
 
 
 def train_transform(image_size: int, crop_scale_min: float = 0.08, hflip_prob: float = 0.5,
@@ -37,5 +42,5 @@ def train_transform(image_size: int, crop_scale_min: float = 0.08, hflip_prob: f
     steps = [T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0))]
     if hflip_prob > 0:
         steps.append(T.RandomHorizontalFlip(hflip_prob))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    steps += network_input(mean, std).transforms
     return T.Compose(steps)

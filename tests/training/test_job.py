@@ -297,7 +297,8 @@ def _untrained_state(classes: list[str]) -> dict[str, torch.Tensor]:
 
 def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass, monkeypatch, caplog):
     env, config, classes, loader, outputs = test_pass
-    job._write_report(env, config, classes, "test", loader, outputs, _untrained_state(classes), torch.device("cpu"))
+    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), _untrained_state(classes),
+                      torch.device("cpu"))
     written = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
     assert written["images"] == 24 and sum(r["support"] for r in written["per_class"]) == 24
 
@@ -305,7 +306,7 @@ def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass,
         raise RuntimeError("matplotlib is broken")
 
     monkeypatch.setattr(evaluation_report, "write", broken)
-    job._write_report(env, config, classes, "test", loader, outputs, _untrained_state(classes),
+    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), _untrained_state(classes),
                       torch.device("cpu"))  # no exception
     assert "the evaluation report could not be written" in caplog.text and "matplotlib is broken" in caplog.text
     assert json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text()) == written
@@ -330,7 +331,7 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     assert [np.asarray(d).tolist() for d in drawn] == [np.asarray(e).tolist() for e in expected]
     assert all(np.abs(np.asarray(d, np.int16) - np.asarray(i, np.int16)).mean() > 10 for d, i in zip(drawn, images))
 
-    job._write_report(env, config, classes, "test", loader, outputs, state, cpu)
+    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), state, cpu)
     assert "the Grad-CAM heat-map of the predicted class" in (env.output_data_dir / REPORT_DIR /
                                                               evaluation_report.REPORT_FILE).read_text()
 

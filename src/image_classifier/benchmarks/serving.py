@@ -182,30 +182,31 @@ def stop_server(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def _timed_post(session: requests.Session, port: int, payload: bytes, headers: dict[str, str] | None = None) -> float:
+    """Seconds for one JPEG `POST /invocations` to the server on `port` (raises on an error status)."""
+    start = time.perf_counter()
+    response = session.post(f"http://127.0.0.1:{port}/invocations", data=payload, timeout=120,
+                            headers={"Content-Type": JPEG, **(headers or {})})
+    response.raise_for_status()
+    return time.perf_counter() - start
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    return {"p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99))}
+
+
 def paired_latency(port: int, payload: bytes, limit: Limit, seconds: float, count: int) -> dict[str, float]:
     """p50/p99 of `/invocations` at concurrency 1 and p50 of the limit at batch 1, taken in turns
     (one request, one in-process pass) so that both see the same machine."""
     server, own = [], []
     with requests.Session() as session:
-        def request() -> float:
-            start = time.perf_counter()
-            response = session.post(f"http://127.0.0.1:{port}/invocations", data=payload,
-                                    headers={"Content-Type": JPEG}, timeout=120)
-            response.raise_for_status()
-            return time.perf_counter() - start
-
         for _ in range(3):
-            request()
+            _timed_post(session, port, payload)
         deadline = time.perf_counter() + seconds
         while len(server) < 5 or (len(server) < count and time.perf_counter() < deadline):
-            server.append(request())
+            server.append(_timed_post(session, port, payload))
             own.append(limit.timed())
-    return {"p50_ms": 1000 * float(np.percentile(server, 50)), "p99_ms": 1000 * float(np.percentile(server, 99)),
-            "limit_p50_ms": 1000 * statistics.median(own)}
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    return {"p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99))}
+    return {**_percentiles(server), "limit_p50_ms": 1000 * statistics.median(own)}
 
 
 def explain_latency(port: int, payload: bytes, seconds: float, count: int) -> dict[str, Any]:
@@ -215,11 +216,7 @@ def explain_latency(port: int, payload: bytes, seconds: float, count: int) -> di
     plain, explained = [], []
     with requests.Session() as session:
         def request(headers: dict[str, str]) -> float:
-            start = time.perf_counter()
-            response = session.post(f"http://127.0.0.1:{port}/invocations", data=payload, timeout=120,
-                                    headers={"Content-Type": JPEG, **headers})
-            response.raise_for_status()
-            return time.perf_counter() - start
+            return _timed_post(session, port, payload, headers)
 
         first = request(EXPLAIN)
         for _ in range(3):  # warm-up

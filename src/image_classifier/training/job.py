@@ -339,22 +339,21 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     distributed.check_in_sync(model)  # ddp
     result = {"best_epoch": state.best_epoch, "valid_loss": state.best_loss, "valid_accuracy": state.best_accuracy,
               "valid_f1": _best_f1(state)}
-    test, outputs = None, Outputs()
-    if data.TEST in loaders:
-        metrics = evaluate(trainable, loaders[data.TEST], eval_criterion, device, amp_dtype, hook, hook_mode="predict",
-                           reduce=distributed.all_reduce_meter, outputs=outputs)
-        probabilities, targets, _ = _gathered(loaders[data.TEST], outputs)  # ddp: every rank
+    # the report's channel: test, else valid again (its predictions with the best weights); the
+    # debugger watches the test pass only (predict mode)
+    channel, outputs, test = data.TEST if data.TEST in loaders else data.VALID, Outputs(), None
+    metrics = evaluate(trainable, loaders[channel], eval_criterion, device, amp_dtype,
+                       hook if channel == data.TEST else None, hook_mode="predict",
+                       reduce=distributed.all_reduce_meter, outputs=outputs)
+    predictions = _gathered(loaders[channel], outputs)  # ddp: every rank
+    if channel == data.TEST:
         test = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"],
-                "test_f1": macro_f1(probabilities.argmax(axis=1), targets)}
+                "test_f1": macro_f1(predictions[0].argmax(axis=1), predictions[1])}
         logger.info(format_metrics(test))
         result.update(test)
-    else:  # the report is of the valid channel then: its predictions with the best weights
-        evaluate(trainable, loaders[data.VALID], eval_criterion, device, amp_dtype, outputs=outputs,
-                 reduce=distributed.all_reduce_meter)
     _save_artifacts(env, config, class_names, state.best_state)
     _write_metrics(env, state, test)
-    channel = data.TEST if data.TEST in loaders else data.VALID
-    _write_report(env, config, class_names, channel, loaders[channel], outputs, state.best_state, device)
+    _write_report(env, config, class_names, channel, loaders[channel], predictions, state.best_state, device)
     return result
 
 
@@ -415,14 +414,16 @@ def _gradcam_overlays(config: TrainConfig, class_names: list[str], state_dict: d
 
 
 def _write_report(env: SageMakerEnv, config: TrainConfig, class_names: list[str], channel: str,
-                  loader: DataLoader, outputs: Outputs, state_dict: dict, device: torch.device) -> None:
+                  loader: DataLoader, predictions: tuple[np.ndarray, np.ndarray, np.ndarray], state_dict: dict,
+                  device: torch.device) -> None:
     """The evaluation report of the model (`state_dict`) on `channel`, in output/data/evaluation
     (rank 0), its grid with Grad-CAM overlays (`_gradcam_overlays`).
 
+    `predictions`: the channel's (probabilities, targets, dataset indices) from `_gathered`.
     A report that fails is logged, not raised: the model artifacts are written already, and
     they are what the job is for.
     """
-    probabilities, targets, indices = _gathered(loader, outputs)  # ddp: every rank, before rank 0 goes on
+    probabilities, targets, indices = predictions
     if not distributed.is_main():
         return
     directory = env.output_data_dir / REPORT_DIR
