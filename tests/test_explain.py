@@ -25,7 +25,7 @@ def registry():
 @pytest.fixture(scope="module")
 def patch_model(patch_model_dir):
     state_dict, spec = artifacts.load_model(patch_model_dir)
-    model = models.create_model(spec.arch, spec.num_classes)
+    model = spec.create_model()
     model.load_state_dict(state_dict)
     return model.eval()
 

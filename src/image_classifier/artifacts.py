@@ -7,13 +7,16 @@ import io
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-WEIGHTS_FILE = "model.pth"          # the state_dict of create_model(arch, num_classes, dropout)
+from image_classifier import models
+
+WEIGHTS_FILE = "model.pth"          # the state_dict of ModelSpec.create_model()
 CONFIG_FILE = "model_config.json"   # a ModelSpec
 
 
@@ -21,15 +24,26 @@ CONFIG_FILE = "model_config.json"   # a ModelSpec
 class ModelSpec:
     """All serving needs to rebuild and feed the model, without the training config."""
 
-    arch: str                  # a name from image_classifier.models.MODEL_NAMES
+    arch: str                  # a name from image_classifier.models.MODEL_NAMES, or timm/<model>
     num_classes: int
     class_names: list[str]     # class folder names; class_id = index (sorted, as ImageFolder)
     labels: list[str]          # class names without their `NNN.` prefix
     image_size: int            # network input side, pixels
     resize_size: int           # shorter-side resize before the center crop, pixels
-    mean: list[float]          # per-channel normalisation (RGB)
+    mean: list[float]          # per-channel normalisation (RGB): the pretrained weights' own
     std: list[float]
     dropout: float = 0.0
+    head_hidden: list[int] = field(default_factory=list)  # the head's hidden layer sizes; [] = one Linear
+    head_activation: str = "relu"                          # their activation
+
+    def create_model(self) -> nn.Module:
+        """The network these artifacts hold, with random weights (load `model.pth` into it).
+
+        Raises:
+            ValueError: the spec names no registry model or head.
+        """
+        return models.create_model(self.arch, self.num_classes, self.dropout, head_hidden=self.head_hidden,
+                                   head_activation=self.head_activation)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -39,7 +53,8 @@ class ModelSpec:
         """Raises: ValueError: not a model config (names the missing keys)."""
         data: dict[str, Any] = json.loads(text)
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n != "dropout")
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(n for n in required if n not in data)
         if missing:
             raise ValueError(f"{CONFIG_FILE} lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})

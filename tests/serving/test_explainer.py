@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_classifier import artifacts, explain, models
+from image_classifier import artifacts, explain
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.serving.batcher import Batcher
@@ -210,7 +210,7 @@ def test_the_overlay_is_de_normalised_with_the_models_own_statistics(model_dir):
     """A model trained with another mean and std: its arrays are drawn back with those."""
     state_dict, spec = artifacts.load_model(model_dir)
     spec = replace(spec, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
-    model = models.create_model(spec.arch, spec.num_classes)
+    model = spec.create_model()
     model.load_state_dict(state_dict)
     explainer = Explainer(Predictor(model, spec), Batcher(lambda batch: None))
     array = random_batch(None, side=SIDE, seed=4)

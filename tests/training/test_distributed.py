@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from image_classifier import artifacts, models
+from image_classifier import artifacts
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation.metrics import macro_f1
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP, SageMakerEnv
@@ -135,7 +135,7 @@ DIGESTS = re.compile(r"final weights sha256 by rank: (.+)")
 def _evaluate_alone(model_dir, channel, outputs: Outputs | None = None) -> dict[str, float]:
     """The saved model's figures on a whole channel, in this one process (its predictions into `outputs`)."""
     state_dict, spec = artifacts.load_model(model_dir)
-    model = models.create_model(spec.arch, spec.num_classes, spec.dropout)
+    model = spec.create_model()
     model.load_state_dict(state_dict)
     dataset = data.ImageFolderChannel(channel, spec.class_names, eval_transform(spec.image_size))
     loader = data.make_loader(dataset, 10, 0, train=False, seed=0, pin_memory=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from image_classifier import artifacts, models
+from image_classifier import artifacts
 from image_classifier.serving.codec import Inputs
 from image_classifier.transforms import eval_transform
 
@@ -62,7 +62,7 @@ class Predictor:
             ValueError, RuntimeError: they do not describe a model of the registry.
         """
         state_dict, spec = artifacts.load_model(model_dir)
-        model = models.create_model(spec.arch, spec.num_classes, spec.dropout)
+        model = spec.create_model()
         model.load_state_dict(state_dict)
         return cls(model, spec, torchscript)
 

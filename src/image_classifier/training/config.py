@@ -7,14 +7,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from image_classifier import models
 from image_classifier.debugging.rules import RULE_NAMES
-from image_classifier.models import MODEL_NAMES
 from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS, unwrap_hyperparameter
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE_MODES = ("backbone", "none")
 LR_SCHEDULERS = ("cosine", "none")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,19 +24,31 @@ class TrainConfig:
     Keys are written with dashes in SageMaker (`batch-size`); underscores work too.
     """
 
-    model: str = "resnet50"           # a name from image_classifier.models.MODEL_NAMES
-    pretrained: bool = True           # start from torchvision's ImageNet weights
+    model: str = "resnet50"           # a name from image_classifier.models.MODEL_NAMES, or timm/<model>
+    pretrained: bool = True           # start from the model's ImageNet weights
     freeze: str = "backbone"          # "backbone": train the new head only; "none": fine-tune all
-    dropout: float = 0.0              # dropout before the new Linear head, 0 = none
-    lr: float = 0.001                 # peak learning rate
-    lr_scheduler: str = "cosine"      # cosine annealing over all epochs, or "none"
+    head_epochs: int = 0              # freeze=none: train the head alone for this many epochs first
+                                      # (backbone frozen, BatchNorm statistics fixed), then everything
+    backbone_lr_scale: float = 1.0    # freeze=none: the backbone's learning rate as a fraction of lr
+                                      # (discriminative learning rates; 1 = one rate for all)
+    dropout: float = 0.0              # dropout before each Linear layer of the new head, 0 = none
+    head_hidden: str = ""             # comma-separated hidden layer sizes of the new head ("512,256");
+                                      # "" = a single Linear layer
+    head_activation: str = "relu"     # the hidden layers' activation: relu or gelu
+    lr: float = 0.001                 # peak learning rate (of the head; see backbone-lr-scale)
+    lr_scheduler: str = "cosine"      # cosine annealing per step over all epochs, or "none"
+    warmup_epochs: int = 0            # linear warm-up from 0 over this many epochs (the backbone's:
+                                      # from when it starts to train); 0 = none
+    class_weighting: str = "none"     # "balanced": loss weight n / (classes x class count) per class
+                                      # (scikit-learn's class_weight="balanced"), for imbalanced sets
     batch_size: int = 32
     epochs: int = 5
     optimizer: str = "adam"           # adam, adamw or sgd
     weight_decay: float = 0.0
     momentum: float = 0.9             # sgd only
     label_smoothing: float = 0.0      # CrossEntropyLoss(label_smoothing=...)
-    image_size: int = 224             # side of the square network input, pixels
+    image_size: int = 0               # side of the square network input, pixels; 0 = the size the
+                                      # model's weights were trained at (224 for torchvision's)
     crop_scale_min: float = 0.08      # RandomResizedCrop's smallest area fraction (torchvision default)
     hflip_prob: float = 0.5           # RandomHorizontalFlip probability, 0 = off
     augment: bool = True              # false: train on the eval transforms (no random crop or flip)
@@ -50,6 +63,12 @@ class TrainConfig:
     debug: bool = False               # smdebug hook with the common configuration, rules, debugger report
     debug_stop_on: str = ""           # comma-separated rules that stop training when they fire; implies debug
     profile: bool = False             # system monitor, step timing, torch.profiler, profiler rules and report
+
+    def __post_init__(self) -> None:
+        # image-size 0 resolves to the model's pretrained input size (timm: its pretrained config);
+        # an unknown model is left for validate() to name
+        if self.image_size == 0 and _known(self.model):
+            object.__setattr__(self, "image_size", models.data_config(self.model).image_size)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -98,7 +117,16 @@ class TrainConfig:
                 value = getattr(self, name.replace("-", "_"))
                 raise ValueError(f"hyperparameter {name}={value!r} is invalid: must be {allowed}")
 
-        check(self.model in MODEL_NAMES, "model", f"one of {', '.join(MODEL_NAMES)}")
+        check(_known(self.model), "model", f"one of {', '.join(models.MODEL_NAMES)}, or {models.TIMM_PREFIX}<a timm "
+              f"model name> such as {models.TIMM_PREFIX}convnext_tiny.fb_in22k_ft_in1k")
+        check(self.head_epochs >= 0, "head-epochs", ">= 0")
+        check(0 < self.backbone_lr_scale <= 1, "backbone-lr-scale", "in (0, 1]")
+        check(self.warmup_epochs >= 0, "warmup-epochs", ">= 0")
+        check(self.class_weighting in CLASS_WEIGHTINGS, "class-weighting", f"one of {', '.join(CLASS_WEIGHTINGS)}")
+        check(self.head_activation in models.HEAD_ACTIVATIONS, "head-activation",
+              f"one of {', '.join(models.HEAD_ACTIVATIONS)}")
+        check(_sizes(self.head_hidden) is not None, "head-hidden",
+              "comma-separated whole numbers >= 1 (hidden layer sizes), or empty")
         check(self.freeze in FREEZE_MODES, "freeze", f"one of {', '.join(FREEZE_MODES)}")
         check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
         check(self.feature_cache in FEATURE_CACHE_MODES, "feature-cache", f"one of {', '.join(FEATURE_CACHE_MODES)}")
@@ -129,6 +157,15 @@ class TrainConfig:
         return self.feature_cache == "on"
 
     @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """`head-hidden` as layer sizes: () for a single Linear head."""
+        return _sizes(self.head_hidden) or ()
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        """Whether the backbone stays fixed in `epoch` (1-based): freeze=backbone, or a head epoch."""
+        return self.freeze == "backbone" or epoch <= self.head_epochs
+
+    @property
     def stop_on_rules(self) -> tuple[str, ...]:
         """`debug-stop-on` as rule names (case as AWS writes them)."""
         wanted = {n.strip().lower() for n in self.debug_stop_on.split(",") if n.strip()}
@@ -137,6 +174,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values, keyed like hyperparameters.json."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _known(name: str) -> bool:
+    try:
+        models.check_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _sizes(text: str) -> tuple[int, ...] | None:
+    """`"512, 256"` → (512, 256); "" → (); None when a part is not a whole number >= 1."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
 
 
 def _convert(key: str, value: Any, type_name: Any) -> Any:

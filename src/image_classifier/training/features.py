@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from image_classifier import artifacts, models
 from image_classifier.training import data
 from image_classifier.training.loop import autocast
-from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size
+from image_classifier.transforms import eval_transform, resize_size
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ def channel_digest(root: Path, class_names: list[str], workers: int = 8) -> str:
 def cache_key(channel: str, channel_files: str, backbone: str, model_name: str, image_size: int,
               class_names: list[str]) -> str:
     """The name of a channel's cache file: a digest of everything its features depend on."""
+    norm = models.data_config(model_name)
     identity = {"format": FORMAT_VERSION, "channel": channel, "files": channel_files, "backbone": backbone,
                 "model": model_name, "image_size": image_size, "resize": resize_size(image_size),
-                "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "classes": class_names}
+                "mean": norm.mean, "std": norm.std, "classes": class_names}
     return f"{channel}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]}.pt"
 
 
@@ -175,7 +176,9 @@ def load_or_compute(checkpoint_dir: Path, channels: dict[str, Path], class_names
             for name in sorted(missing):
                 path = directory / keys[name]
                 if not path.is_file():
-                    dataset = data.ImageFolderChannel(channels[name], class_names, eval_transform(image_size),
+                    norm = models.data_config(model_name)
+                    dataset = data.ImageFolderChannel(channels[name], class_names,
+                                                      eval_transform(image_size, norm.mean, norm.std),
                                                       seed=seed, channel=name)
                     if len(dataset) == 0:
                         raise ValueError(f"the {name} channel ({channels[name]}) has no readable images")

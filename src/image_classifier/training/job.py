@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -28,8 +29,7 @@ from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import METRICS_FILE, TrainingInterrupted, data, distributed, features
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.loop import Meter, Outputs, evaluate, train_one_epoch
-from image_classifier.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, eval_view, resize_size,
-                                         train_transform)
+from image_classifier.transforms import eval_transform, eval_view, resize_size, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -74,33 +74,84 @@ def _num_workers(config: TrainConfig) -> int:
 
 
 def build_model(config: TrainConfig, num_classes: int, env: SageMakerEnv) -> nn.Module:
-    """The registry model with its new head; ImageNet weights when `pretrained`; frozen backbone."""
+    """The registry model with its new head; ImageNet weights when `pretrained`; the backbone frozen
+    when it is in the first epoch (`set_stage`)."""
     state_dict = None
     if config.pretrained:
         state_dict = models.load_pretrained_state_dict(config.model, env.channel_dir(PRETRAINED_CHANNEL))
     elif config.freeze == "backbone":
         logger.warning("freeze=backbone with pretrained=false trains a head on random features")
-    model = models.create_model(config.model, num_classes, config.dropout, state_dict)
-    if config.freeze == "backbone":
-        model.requires_grad_(False)
-        models.head_module(model, config.model).requires_grad_(True)
+    model = models.create_model(config.model, num_classes, config.dropout, state_dict,
+                                head_hidden=config.hidden_sizes, head_activation=config.head_activation)
+    set_stage(model, config, epoch=1)
     return model
 
 
-def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
-    """Train mode; with a frozen backbone only the head trains (BatchNorm statistics stay fixed)."""
-    if config.freeze == "backbone":
-        model.train(False)  # eval mode
-        models.head_module(model, config.model).train()
-    else:
-        model.train()
+def set_stage(model: nn.Module, config: TrainConfig, epoch: int) -> bool:
+    """Train mode for `epoch` (1-based); returns whether the backbone is frozen in it.
+
+    A frozen backbone (freeze=backbone, or the first `head-epochs` of freeze=none) has no
+    gradients and stays in eval mode: its BatchNorm layers normalise with, and keep, the
+    pretrained running statistics, while the head trains.
+    """
+    frozen = config.backbone_frozen(epoch)
+    model.requires_grad_(not frozen)
+    model.train(not frozen)
+    head = models.head_module(model, config.model)
+    head.requires_grad_(True)
+    head.train()
+    return frozen
 
 
-def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups: the head at `lr`; with freeze=none the backbone at
+    `lr x backbone-lr-scale` (discriminative learning rates, Howard and Ruder 2018, arXiv:1801.06146)."""
+    head = list(models.head_module(model, config.model).parameters())
+    groups = [{"params": head, "lr": config.lr}]
+    if config.freeze == "none":
+        in_head = {id(p) for p in head}
+        groups.append({"params": [p for p in model.parameters() if id(p) not in in_head],
+                       "lr": config.lr * config.backbone_lr_scale})
+    return groups
+
+
+def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factors(config: TrainConfig, steps_per_epoch: int) -> list[Callable[[int], float]]:
+    """Per parameter group (`param_groups`' order), the factor of its learning rate at each step.
+
+    Cosine annealing over the job's steps (`lr-scheduler=cosine`; Loshchilov and Hutter 2017,
+    arXiv:1608.03983, without restarts), times a linear warm-up over `warmup-epochs` from the
+    step the group starts training: the head at once, the backbone after `head-epochs`.
+    """
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def factor(first_epoch: int) -> Callable[[int], float]:
+        start = first_epoch * steps_per_epoch
+
+        def at(step: int) -> float:
+            warm = min(1.0, (step - start + 1) / warmup) if warmup else 1.0
+            cosine = 0.5 * (1 + math.cos(math.pi * step / total)) if config.lr_scheduler == "cosine" else 1.0
+            return max(0.0, warm) * cosine
+        return at
+
+    factors = [factor(0)]
+    if config.freeze == "none":
+        factors.append(factor(min(config.head_epochs, config.epochs)))
+    return factors
+
+
+def class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """scikit-learn's `class_weight="balanced"`: n / (classes x count) per class, float32 (classes,);
+    0 for a class without training images."""
+    counts = torch.bincount(targets.long(), minlength=num_classes).float()
+    return torch.where(counts > 0, targets.numel() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
 
 
 class Checkpointer:
@@ -178,11 +229,12 @@ def make_loaders(config: TrainConfig, channels: dict[str, Path], class_names: li
         ValueError: a channel without readable images.
     """
     workers = _num_workers(config)
+    norm = models.data_config(config.model)
     loaders = {}
     for name, path in channels.items():
         is_train = name == data.TRAIN
-        transform = (train_transform(config.image_size, config.crop_scale_min, config.hflip_prob)
-                     if is_train and config.augment else eval_transform(config.image_size))
+        transform = (train_transform(config.image_size, config.crop_scale_min, config.hflip_prob, norm.mean, norm.std)
+                     if is_train and config.augment else eval_transform(config.image_size, norm.mean, norm.std))
         dataset = data.ImageFolderChannel(path, class_names, transform, seed=config.seed, channel=name)
         if len(dataset) == 0:
             raise ValueError(f"the {name} channel ({path}) has no readable images")
@@ -287,30 +339,34 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     hook = debugger.hook if debugger else None
     class_names, model, trainable, loaders = _model_and_data(env, config, device, amp_dtype)
 
-    # loss, optimizer, schedule, and where a restarted job left off
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # loss, optimizer, schedule (stepped every step), and where a restarted job left off
+    weight = None
+    if config.class_weighting == "balanced":
+        weight = class_weights(torch.as_tensor(loaders[data.TRAIN].dataset.targets), len(class_names)).to(device)
+        logger.info("class-weighting=balanced: loss weights from %.3g to %.3g", weight.min(), weight.max())
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
-    optimizer = _make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-                 if config.lr_scheduler == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0))
+    optimizer = _make_optimizer(config, param_groups(model, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(config, len(loaders[data.TRAIN])))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
     if hook:
         hook.register(trainable, criterion, eval_criterion)
-    # what runs the training steps: DDP over `trainable` under torchrun, compiled if asked;
-    # wrappers that share its parameters, so `model` keeps its state_dict keys
-    train_module = distributed.wrap(trainable)
-    if config.compile:
-        logger.info("compiling the trained module with torch.compile (the first steps take longer)")
-        train_module = torch.compile(train_module)
+    train_module, frozen = None, None
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * loaders[data.TRAIN].batch_size)
-        _set_train_mode(model, config)
+        if set_stage(model, config, epoch) != frozen or train_module is None:  # the first epoch, or a new stage
+            frozen = config.backbone_frozen(epoch)
+            if config.freeze == "none":
+                logger.info("epoch %d: %s", epoch, "the head alone trains (head-epochs)" if frozen else
+                            "the whole network trains")
+            train_module = _train_module(trainable, config)
         train = train_one_epoch(train_module, loaders[data.TRAIN], criterion, optimizer, device, scaler, amp_dtype,
-                                Meter(**distributed.local_meter(state.meter)), should_stop, hook, timer)
+                                Meter(**distributed.local_meter(state.meter)), should_stop, hook, timer,
+                                scheduler=scheduler)
         train = distributed.settle_epoch(model, train)  # ddp: the job's figures, rank 0's buffers
         if should_stop():
             state.step, state.meter = train.steps, train.state_dict()
@@ -322,7 +378,6 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
                          reduce=distributed.all_reduce_meter, outputs=outputs)
         probabilities, targets, _ = _gathered(loaders[data.VALID], outputs)
         valid["f1"] = macro_f1(probabilities.argmax(axis=1), targets)
-        scheduler.step()
         line = _end_epoch(state, epoch, model, train, valid)
         checkpointer.save(state, model, optimizer, scheduler, scaler)
         logger.info(format_metrics(line))  # ddp: ranks other than 0 log warnings only
@@ -355,6 +410,17 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     _write_metrics(env, state, test)
     _write_report(env, config, class_names, channel, loaders[channel], predictions, state.best_state, device)
     return result
+
+
+def _train_module(trainable: nn.Module, config: TrainConfig) -> nn.Module:
+    """What runs the training steps: DDP over `trainable` under torchrun (over the parameters that
+    train in this stage), compiled if asked; wrappers that share its parameters, so the model keeps
+    its state_dict keys."""
+    train_module = distributed.wrap(trainable)
+    if config.compile:
+        logger.info("compiling the trained module with torch.compile (the first steps take longer)")
+        train_module = torch.compile(train_module)
+    return train_module
 
 
 def _gathered(loader: DataLoader, outputs: Outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -401,12 +467,14 @@ def _gradcam_overlays(config: TrainConfig, class_names: list[str], state_dict: d
         return None
     from image_classifier import explain  # Captum, only when there is a report to draw
 
-    model = models.create_model(config.model, len(class_names), config.dropout)
+    spec = _model_spec(config, class_names)
+    model = spec.create_model()
     model.load_state_dict(state_dict)
     model.to(device).eval()
 
     def draw(rows: list[int], images: list) -> list:
-        return explain.overlays(model, config.model, images, [int(probabilities[r].argmax()) for r in rows])
+        return explain.overlays(model, config.model, images, [int(probabilities[r].argmax()) for r in rows],
+                                spec.mean, spec.std)
 
     return plots.Overlays(draw, "Over each image, the Grad-CAM heat-map of the predicted class (Selvaraju et al. "
                                 "2017, arXiv:1610.02391): red where the evidence for it is strongest, blue where "
@@ -441,13 +509,18 @@ def _write_report(env: SageMakerEnv, config: TrainConfig, class_names: list[str]
                 summary["ece"], directory, format_table(summary))
 
 
+def _model_spec(config: TrainConfig, class_names: list[str]) -> artifacts.ModelSpec:
+    """What serving needs to rebuild the model: its head, and the normalisation of its pretrained weights."""
+    norm = models.data_config(config.model)
+    return artifacts.ModelSpec(
+        arch=config.model, num_classes=len(class_names), class_names=class_names,
+        labels=[data.label_of(c) for c in class_names], image_size=config.image_size,
+        resize_size=resize_size(config.image_size), mean=list(norm.mean), std=list(norm.std),
+        dropout=config.dropout, head_hidden=list(config.hidden_sizes), head_activation=config.head_activation)
+
+
 def _save_artifacts(env: SageMakerEnv, config: TrainConfig, class_names: list[str], state_dict: dict) -> None:
     if not distributed.is_main():  # ddp: one writer
         return
-    spec = artifacts.ModelSpec(
-        arch=config.model, num_classes=len(class_names), class_names=class_names,
-        labels=[data.label_of(c) for c in class_names], image_size=config.image_size,
-        resize_size=resize_size(config.image_size), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-        dropout=config.dropout)
-    artifacts.save_model(env.model_dir, state_dict, spec)
+    artifacts.save_model(env.model_dir, state_dict, _model_spec(config, class_names))
     logger.info("model artifacts written to %s", env.model_dir)

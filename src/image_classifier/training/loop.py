@@ -87,12 +87,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
                     meter: Meter, should_stop: Callable[[], bool] = lambda: False,
-                    hook: DebugHook | None = None, timer: NoTimer = NO_TIMER) -> Meter:
+                    hook: DebugHook | None = None, timer: NoTimer = NO_TIMER,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Meter:
     """Train over `loader`'s batches of (images (N, 3, H, W) float32, targets (N,) int64).
 
     The model must already be in the right train/eval mode. Stops early, after a whole
     step, when `should_stop()` turns true (SIGTERM); `meter.steps` then says where.
     `hook` (smdebug) and `timer` (profile=true) watch; by default they do nothing.
+    `scheduler`, when given, steps after every optimizer step.
     """
     if hook:
         hook.set_mode("train")
@@ -112,6 +114,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module,
         with timer.phase("optimizer"):
             scaler.step(optimizer)
             scaler.update()
+            if scheduler is not None:
+                scheduler.step()
 
         # measure accuracy and record loss
         meter.update(loss.detach(), logits.detach(), targets)
