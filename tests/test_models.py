@@ -10,7 +10,6 @@ import torch
 import torchvision
 from torch import nn
 
-from image_classifier import models
 from image_classifier.models import (MODEL_NAMES, PretrainedWeightsUnavailable, create_model, head_module,
                                      load_pretrained_state_dict, weights_filename)
 

@@ -104,6 +104,16 @@ def _prepare_data(args: argparse.Namespace) -> int:
     if args.source == "sample":
         counts = datasets.write_sample(args.output, seed=args.seed)
         print(f"wrote the handwritten-digit sample to {args.output}: {json.dumps(counts)}")
+    elif args.source == "fashion-mnist":
+        try:
+            counts = datasets.prepare_fashion_mnist(
+                args.output, source_dir=args.fashion_mnist_dir, per_class=args.per_class,
+                valid_per_class=args.valid_per_class, test_per_class=args.test_per_class, seed=args.seed,
+                keep_downloads=args.keep_downloads)
+        except (ValueError, OSError, requests.RequestException) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote Fashion-MNIST to {args.output}: {json.dumps(counts)}")
     else:
         datasets.prepare_dogimages(args.output, url=args.url, sha256=args.sha256)
         print(f"dog-breed images unpacked to {args.output}/{{train,valid,test}}")
@@ -214,13 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare-data", help="write a dataset as train/valid/test ImageFolder trees")
-    p.add_argument("--source", choices=("sample", "dogimages"), default="sample",
+    p.add_argument("--source", choices=("sample", "dogimages", "fashion-mnist"), default="sample",
                    help="sample: scikit-learn's bundled handwritten digits (offline); "
-                        "dogimages: download the Udacity dog-breed set")
+                        "dogimages: download the Udacity dog-breed set; "
+                        "fashion-mnist: Zalando's 28x28 article photos, 10 classes, as RGB PNGs "
+                        "(from --fashion-mnist-dir, else downloaded)")
     p.add_argument("--output", type=Path, default=Path("data"), help="dataset root (default: ./data)")
     p.add_argument("--url", default=datasets.DOGIMAGES_URL, help="dogimages: download URL (default: %(default)s)")
     p.add_argument("--sha256", default=None, help="dogimages: expected SHA-256 of the zip")
-    p.add_argument("--seed", type=int, default=0, help="sample: seed of the train/valid/test split")
+    p.add_argument("--seed", type=int, default=0, help="sample, fashion-mnist: seed of the train/valid/test split")
+    p.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="fashion-mnist: train images per class (default: all that valid leaves, 5,900)")
+    p.add_argument("--valid-per-class", type=int, default=100, metavar="N",
+                   help="fashion-mnist: valid images per class, from the training set (default: %(default)s)")
+    p.add_argument("--test-per-class", type=int, default=None, metavar="N",
+                   help="fashion-mnist: test images per class (default: all 1,000, the full test set)")
+    p.add_argument("--fashion-mnist-dir", type=Path, default=datasets.FASHION_MNIST_DIR, metavar="DIR",
+                   help="fashion-mnist: folder of the four IDX .gz files; files missing there are downloaded "
+                        "(default: %(default)s, Debian's dataset-fashion-mnist package)")
+    p.add_argument("--keep-downloads", action="store_true",
+                   help="fashion-mnist: keep downloaded .gz files in OUTPUT/.downloads")
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUTPUT/train holds class folders")
     p.set_defaults(func=_prepare_data)
 
