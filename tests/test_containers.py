@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from image_classifier.demo import DEMO_HYPERPARAMETERS
+from image_classifier.demo import SAMPLE_HYPERPARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +18,8 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_trains_with_the_demos_hyperparameters():
-    assert json.loads((ROOT / "docker" / "hyperparameters.json").read_text()) == DEMO_HYPERPARAMETERS
+def test_compose_trains_with_the_sample_jobs_hyperparameters():
+    assert json.loads((ROOT / "docker" / "hyperparameters.json").read_text()) == SAMPLE_HYPERPARAMETERS
 
 
 def test_compose_runs_prepare_then_train_then_serve(compose):

@@ -247,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUTPUT/train holds class folders")
     p.set_defaults(func=_prepare_data)
 
-    p = sub.add_parser("download-weights", help="put torchvision's ImageNet weights in the torch hub cache "
-                                                "($TORCH_HOME), e.g. when building an image for jobs without internet")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registry model names, e.g. resnet50 resnet18")
+    p = sub.add_parser("download-weights", help="put models' ImageNet weights in their caches (torchvision's: "
+                                                "$TORCH_HOME; timm's: the Hugging Face cache, $HF_HOME), e.g. when "
+                                                "building an image for jobs without internet")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="registry model names, e.g. resnet50 timm/convnext_tiny.fb_in22k_ft_in1k")
     p.set_defaults(func=_download_weights)
 
     p = sub.add_parser("predict", help="send an image to a model server and print the top-k")
@@ -278,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{backoff_seconds(DEFAULT_RETRIES):.0f} s of backoff: a server restart)")
     p.set_defaults(func=_transform)
 
-    p = sub.add_parser("demo", help="sample data → training job → server → predictions, all local")
-    p.add_argument("--data", type=Path, default=Path("data"), help="dataset root (default: ./data)")
+    p = sub.add_parser("demo", help="Fashion-MNIST photos → fine-tuning job → server → predictions, all local")
+    p.add_argument("--data", type=Path, default=Path("local/fashion-mnist"),
+                   help="dataset root (default: ./local/fashion-mnist, written unless it holds a dataset)")
     p.add_argument("--base-dir", type=Path, default=Path("local/opt_ml"),
                    help="the /opt_ml layout to run in (default: ./local/opt_ml)")
     p.add_argument("--port", type=int, default=8080)

@@ -39,7 +39,8 @@ def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str],
 
     Returns:
         `loop_seconds` (the sum of `epoch_seconds`), `job_seconds` (process start to exit),
-        `valid_accuracy` (the best epoch's) and `test_accuracy` (when there is a test channel).
+        `valid_accuracy` (the best epoch's), `images_per_second` (the training loop's, mean over
+        epochs), and `test_accuracy` and `test_f1` (when there is a test channel).
 
     Raises:
         RuntimeError: the job failed (its log's tail in the message).
@@ -56,8 +57,8 @@ def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str],
     summary = json.loads((env.output_data_dir / METRICS_FILE).read_text())
     figures = {"loop_seconds": sum(e["epoch_seconds"] for e in summary["epochs"]), "job_seconds": seconds,
                "valid_accuracy": summary["best_valid_accuracy"]}
-    if "test_accuracy" in summary:
-        figures["test_accuracy"] = summary["test_accuracy"]
+    figures["images_per_second"] = statistics.fmean(e["images_per_second"] for e in summary["epochs"])
+    figures.update({k: summary[k] for k in ("test_accuracy", "test_f1") if k in summary})
     return figures
 
 
