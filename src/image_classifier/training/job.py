@@ -352,6 +352,8 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     checkpointer = Checkpointer(env.checkpoint_dir, {"config": config.to_dict(), "classes": class_names})
     state = checkpointer.restore(model, optimizer, scheduler, scaler)
     if hook:
+        if config.freeze == "none":  # smdebug hooks the gradients of the parameters that require one now
+            model.requires_grad_(True)  # (each epoch's set_stage freezes the backbone again where it should)
         hook.register(trainable, criterion, eval_criterion)
     train_module, frozen = None, None
 
