@@ -192,3 +192,23 @@ def test_lite0_timm_keys_in_any_order_and_misnamed_pairs(tmp_path, lite0_state):
 def test_timm_name_with_a_bad_tag_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot be used here"):
         models.check_name("timm/resnet18.no_such_tag")
+
+
+def test_timm_weights_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    """The hub's cache laid out as huggingface_hub lays it out (models--timm--<name>/refs/main naming a
+    snapshot holding model.safetensors), read with HF_HUB_OFFLINE=1: no network, no channel."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(6)
+    state = timm.create_model("resnet18.a1_in1k").state_dict()
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, repo / "snapshots" / revision / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    loaded = models.load_pretrained_state_dict(TIMM_NAME)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
