@@ -7,7 +7,6 @@ import http.server
 import io
 import random
 import re
-import threading
 import zipfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from image_classifier import datasets
 from image_classifier.datasets import DIGIT_NAMES, SPLITS, download, extract_dogimages, has_dataset, write_sample
+from tests.local_http import serving
 
 CLASS_FOLDERS = [f"{i + 1:03d}.{name}" for i, name in enumerate(DIGIT_NAMES)]
 
@@ -132,19 +132,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.daemon_threads = True
-    httpd.payload, httpd.mode, httpd.requests = PAYLOAD, "normal", []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/dogImages.zip"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(monkeypatch, RangeHandler, "/dogImages.zip", payload=PAYLOAD, mode="normal") as httpd:
+        yield httpd
 
 
 def part_of(destination: Path) -> Path:

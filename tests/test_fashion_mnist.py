@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import re
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from image_classifier import cli, datasets
 from image_classifier.datasets import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_FILES, SPLITS,
                                        has_dataset, prepare_fashion_mnist, read_idx)
 from image_classifier.training.data import label_of
+from tests.local_http import serving
 
 FOLDERS = [f"{c + 1:03d}.{name}" for c, name in enumerate(FASHION_MNIST_CLASSES)]
 TRAIN_IMAGES, TRAIN_LABELS = datasets.FASHION_MNIST_TRAIN
@@ -284,20 +284,9 @@ class FilesHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FilesHandler)
-    httpd.daemon_threads = True
-    httpd.files = {name: gzip.compress(data) for name, data in RAW.items()}
-    httpd.requests = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/fashion/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(monkeypatch, FilesHandler, "/fashion/",
+                 files={name: gzip.compress(data) for name, data in RAW.items()}) as httpd:
+        yield httpd
 
 
 @pytest.mark.parametrize("local", [(), (TRAIN_IMAGES, TEST_LABELS), NAMES[:3]])
