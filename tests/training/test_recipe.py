@@ -141,3 +141,14 @@ def test_spec_rebuilds_an_mlp_head(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("weighting, targets, expected", [
+    ("balanced", [0, 0, 0, 1], [4 / 6, 2.0, 0.0]),  # n / (classes x count); class 2 has no images
+    ("none", [0, 0, 0, 1], None),
+])
+def test_the_training_loss_weighs_classes_when_asked(weighting, targets, expected):
+    criterion = job._criterion(TrainConfig(class_weighting=weighting, label_smoothing=0.1), targets, 3,
+                               torch.device("cpu"))
+    assert criterion.label_smoothing == 0.1
+    assert (criterion.weight is None) if expected is None else criterion.weight.tolist() == pytest.approx(expected)

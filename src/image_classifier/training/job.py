@@ -340,11 +340,7 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     class_names, model, trainable, loaders = _model_and_data(env, config, device, amp_dtype)
 
     # loss, optimizer, schedule (stepped every step), and where a restarted job left off
-    weight = None
-    if config.class_weighting == "balanced":
-        weight = class_weights(torch.as_tensor(loaders[data.TRAIN].dataset.targets), len(class_names)).to(device)
-        logger.info("class-weighting=balanced: loss weights from %.3g to %.3g", weight.min(), weight.max())
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    criterion = _criterion(config, loaders[data.TRAIN].dataset.targets, len(class_names), device)
     eval_criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(config, param_groups(model, config))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(config, len(loaders[data.TRAIN])))
@@ -360,8 +356,9 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         loaders[data.TRAIN].sampler.set_epoch(epoch, state.step * loaders[data.TRAIN].batch_size)
-        if set_stage(model, config, epoch) != frozen or train_module is None:  # the first epoch, or a new stage
-            frozen = config.backbone_frozen(epoch)
+        stage = set_stage(model, config, epoch)
+        if train_module is None or stage != frozen:  # the first epoch, or a new stage
+            frozen = stage
             if config.freeze == "none":
                 logger.info("epoch %d: %s", epoch, "the head alone trains (head-epochs)" if frozen else
                             "the whole network trains")
@@ -412,6 +409,16 @@ def _run(env: SageMakerEnv, config: TrainConfig, device: torch.device, amp_dtype
     _write_metrics(env, state, test)
     _write_report(env, config, class_names, channel, loaders[channel], predictions, state.best_state, device)
     return result
+
+
+def _criterion(config: TrainConfig, targets, num_classes: int, device: torch.device) -> nn.Module:
+    """The training loss: cross-entropy with label smoothing, weighted per class when `class-weighting=balanced`
+    (`targets`: the train channel's class ids, a list or tensor)."""
+    weight = None
+    if config.class_weighting == "balanced":
+        weight = class_weights(torch.as_tensor(targets), num_classes).to(device)
+        logger.info("class-weighting=balanced: loss weights from %.3g to %.3g", weight.min(), weight.max())
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
 
 def _train_module(trainable: nn.Module, config: TrainConfig) -> nn.Module:
