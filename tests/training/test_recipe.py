@@ -144,7 +144,7 @@ def test_spec_rebuilds_an_mlp_head(tmp_path):
 
 
 @pytest.mark.parametrize("weighting, targets, expected", [
-    ("balanced", [0, 0, 0, 1], [4 / 6, 2.0, 0.0]),  # n / (classes x count); class 2 has no images
+    ("balanced", [0, 0, 0, 1], [4 / 9, 4 / 3, 0.0]),  # n / (classes x count): 4 / (3 x 3), 4 / (3 x 1); none of 2
     ("none", [0, 0, 0, 1], None),
 ])
 def test_the_training_loss_weighs_classes_when_asked(weighting, targets, expected):
