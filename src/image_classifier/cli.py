@@ -121,12 +121,12 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _download_weights(args: argparse.Namespace) -> int:
-    from image_classifier.models import PretrainedWeightsUnavailable, load_pretrained_state_dict
+    from image_classifier.models import load_pretrained_state_dict
 
     try:
         for name in args.models:
-            load_pretrained_state_dict(name)  # downloads into the hub cache unless it is there
-    except (ValueError, PretrainedWeightsUnavailable) as exc:
+            load_pretrained_state_dict(name)  # downloads into the model's cache unless it is there
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: PretrainedWeightsUnavailable, a misfit file
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
