@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from image_classifier import models
-from image_classifier.debugging.rules import RULE_NAMES
+from image_classifier.debugging.rule_names import RULE_NAMES
 from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS, unwrap_hyperparameter
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
