@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier import datasets, models
+from image_classifier import datasets, local, models
 from image_classifier.benchmarks.debug_overhead import run_job
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import data, features
 from image_classifier.training.config import TrainConfig
-from image_classifier.demo import lay_out
 from image_classifier.training.job import build_model, find_channels, make_loaders
 from image_classifier.training.loop import Meter, train_one_epoch
 
@@ -124,7 +123,7 @@ def step_types(data_dir: Path, workdir: Path, job: dict[str, str]) -> dict[str, 
     `head on features`: the same for the head on cached features (as `cache warm` trains).
     """
     config = TrainConfig.from_hyperparameters({**job, **WAYS["images"], "pretrained": "false"})
-    env = lay_out(workdir / "step-types", data_dir, {k: str(v) for k, v in config.to_dict().items()})
+    env = local.lay_out(workdir / "step-types", data_dir, {k: str(v) for k, v in config.to_dict().items()})
     channels, class_names = find_channels(env)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = make_loaders(config, {data.TRAIN: channels[data.TRAIN]}, class_names, device.type == "cuda")[data.TRAIN]
