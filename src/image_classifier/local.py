@@ -5,7 +5,8 @@ module, so that each does what SageMaker does and in the same way:
 
 - `lay_out` writes the tree a training job sees: `input/config/hyperparameters.json` (every
   value a string), `inputdataconfig.json`, `resourceconfig.json`, and each channel under
-  `input/data/<channel>` (a symlink to the data);
+  `input/data/<channel>` (a symlink to the data); `link_feature_cache` shares a folder of cached
+  features between jobs;
 - `start_job` / `run_job` run `python -m image_classifier.train`, and `start_server` runs
   `python -m image_classifier.serve`, as the container's `train` and `serve` do, pointed at the
   tree by `SAGEMAKER_BASE_DIR` (`sagemaker_env.BASE_DIR_ENV`);
@@ -90,6 +91,28 @@ def lay_out(base_dir: Path, data_dir: Path, hyperparameters: Mapping[str, str],
     for channel in channels:
         env.channel_dir(channel).symlink_to((data_dir / channel).resolve(), target_is_directory=True)
     return env
+
+
+def link_feature_cache(env: SageMakerEnv, shared: Path) -> Path:
+    """Make the job's `<checkpoint dir>/feature-cache` a symlink to `shared`, a folder jobs share.
+
+    Jobs with a frozen backbone cache its features there, under a lock, so that jobs side by side
+    (tuning trials) compute them once and later ones read them.
+
+    Args:
+        env: the job's layout (`lay_out`).
+        shared: the shared folder; created if missing.
+
+    Returns:
+        the symlink.
+    """
+    from image_classifier.training.features import CACHE_DIR  # imports torch: only for jobs that share a cache
+
+    shared.mkdir(parents=True, exist_ok=True)
+    env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    link = env.checkpoint_dir / CACHE_DIR
+    link.symlink_to(shared.resolve(), target_is_directory=True)
+    return link
 
 
 def child_environ(base_dir: Path, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:

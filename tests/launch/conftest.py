@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from image_classifier import local
 from image_classifier.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +35,7 @@ def moto_url(tmp_path_factory):
             assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
             time.sleep(0.2)
     yield url
-    server.terminate()
-    server.wait(timeout=10)
+    local.stop(server, timeout=10)
 
 
 @pytest.fixture

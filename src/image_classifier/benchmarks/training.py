@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +77,10 @@ def write_synthetic(root: Path, images: int, classes: int = 10, size: int = 256,
     return counts
 
 
-def _link_cache(cache: Path):
-    """A `prepare` for run_job: the job's feature-cache folder is `cache` (as for tuning trials)."""
-    def prepare(env: SageMakerEnv) -> None:
-        env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (env.checkpoint_dir / features.CACHE_DIR).symlink_to(cache, target_is_directory=True)
-    return prepare
+def _link_cache(cache: Path) -> Callable[[SageMakerEnv], Path]:
+    """A `prepare` for run_job: the job's feature-cache folder is `cache` (`local.link_feature_cache`,
+    as for tuning trials)."""
+    return lambda env: local.link_feature_cache(env, cache)
 
 
 def compare(data_dir: Path, workdir: Path, job: dict[str, str]) -> dict[str, dict[str, float]]:

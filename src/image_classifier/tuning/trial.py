@@ -73,14 +73,9 @@ def link_feature_cache(env: SageMakerEnv, workdir: Path) -> Path:
         workdir: the tuning output folder; the shared folder is `<workdir>/feature-cache`.
 
     Returns:
-        the symlink.
+        the symlink (`local.link_feature_cache`).
     """
-    shared = (workdir / features.CACHE_DIR).resolve()
-    shared.mkdir(parents=True, exist_ok=True)
-    env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    link = env.checkpoint_dir / features.CACHE_DIR
-    link.symlink_to(shared, target_is_directory=True)
-    return link
+    return local.link_feature_cache(env, workdir / features.CACHE_DIR)
 
 
 class Jobs:
