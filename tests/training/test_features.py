@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import shutil
+import subprocess
 import time
 
 import pytest

@@ -145,8 +145,8 @@ def _repeat(action, seconds: float, at_least: int = 5) -> list[float]:
 
 def start_server(start: Callable[[], subprocess.Popen], port: int,
                  timeout: float = 180) -> tuple[subprocess.Popen, float]:
-    """Start a server with `start()` (quiet, in a session of its own); returns it and the seconds from
-    start to its first 200 on /ping (`local.wait_for_ping`).
+    """Start a server with `start()` (`_project_server`, `_baseline_server`: quiet, in a session of its own);
+    returns it and the seconds from start to its first 200 on /ping (`local.wait_for_ping`).
 
     Raises:
         RuntimeError: it exited or never answered 200 within `timeout` (it is stopped).
