@@ -13,7 +13,7 @@ from PIL import Image
 
 from image_classifier import artifacts, models
 from image_classifier.datasets import DIGIT_NAMES
-from image_classifier.demo import lay_out
+from image_classifier.local import lay_out
 from image_classifier.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 

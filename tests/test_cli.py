@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from werkzeug.serving import make_server
 
 from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
+from image_classifier.local import free_port
 from image_classifier.serving.app import create_app
 from tests.serving.images import china_path, encode, npy, payload_file, photo, random_batch
 
@@ -128,9 +128,7 @@ def test_predict_raises_with_the_server_message(url, tmp_path):
 
 
 def test_main_predict_without_a_server(tmp_path, capsys):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     assert cli.main(["predict", str(china_path()), "--url", f"http://127.0.0.1:{port}"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ")

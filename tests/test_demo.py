@@ -2,19 +2,13 @@
 
 import json
 import re
-import socket
 
 import pytest
 
 from image_classifier.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 from image_classifier.demo import run_demo
+from image_classifier.local import free_port
 from image_classifier.training.job import METRICS_FILE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -13,88 +12,13 @@ from pathlib import Path
 import requests
 
 from image_classifier import datasets
+from image_classifier.client import content_type_for, explain, format_answer, format_predictions, predict
 from image_classifier.launch import metrics
-from image_classifier.serving import content_types
-from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, error_message, transform
+from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, transform
 from image_classifier.tuning import PRUNERS
 
-_SUFFIX_TYPES = {".jpg": content_types.JPEG, ".jpeg": content_types.JPEG, ".png": content_types.PNG,
-                 ".npy": content_types.NPY, ".json": content_types.JSON}
-
-
-def content_type_for(path: Path) -> str:
-    """The Content-Type to send a file as: by suffix, `application/x-image` for other images."""
-    return _SUFFIX_TYPES.get(path.suffix.lower(), content_types.X_IMAGE)
-
-
-def _invoke(url: str, image: Path, attributes: str, timeout: float) -> dict:
-    """POST `image` to `<url>/invocations` with these custom attributes; the JSON answer.
-
-    Raises:
-        RuntimeError: the server answered with an error (its message included).
-        requests.ConnectionError: no server at `url`.
-    """
-    response = requests.post(
-        f"{url.rstrip('/')}/invocations", data=image.read_bytes(), timeout=timeout,
-        headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
-                 "X-Amzn-SageMaker-Custom-Attributes": attributes})
-    if response.status_code != 200:
-        raise RuntimeError(f"{response.status_code} from {url}: {error_message(response)}")
-    return response.json()
-
-
-def predict(url: str, image: Path, top_k: int = 5, timeout: float = 60.0) -> list[dict]:
-    """POST `image` to `<url>/invocations` and return the top-k predictions.
-
-    Raises:
-        RuntimeError: the server answered with an error (its message included).
-        requests.ConnectionError: no server at `url`.
-    """
-    return _invoke(url, image, f"top_k={top_k}", timeout)["predictions"]
-
-
-def overlay_paths(output: Path, count: int) -> list[Path]:
-    """Where `count` overlays go: `output` for one image, `<stem>-<i><suffix>` for each of a batch."""
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
-
-
-def explain(url: str, image: Path, output: Path, top_k: int = 5, explain_class: str | None = None,
-            timeout: float = 60.0) -> tuple[list, list[Path]]:
-    """POST `image` asking for Grad-CAM explanations, write each overlay PNG (`overlay_paths`);
-    the top-k predictions and the paths written.
-
-    Args:
-        explain_class: the label to explain; None: each image's most probable class.
-
-    Raises:
-        RuntimeError: the server answered with an error (its message included).
-        requests.ConnectionError: no server at `url`.
-        OSError: an overlay could not be written (none is left half-written).
-    """
-    from image_classifier.artifacts import atomic_write_bytes  # imports torch(vision): only for --explain
-
-    attributes = f"top_k={top_k},explain=gradcam" + (f",explain_class={explain_class}" if explain_class else "")
-    answer = _invoke(url, image, attributes, timeout)
-    paths = overlay_paths(output, len(answer["explanations"]))
-    for path, explanation in zip(paths, answer["explanations"]):
-        atomic_write_bytes(path, base64.b64decode(explanation["png_b64"]))
-    return answer["predictions"], paths
-
-
-def format_predictions(predictions: list[dict]) -> str:
-    """A text table: rank, label, class_id, probability."""
-    rows = [f"{'rank':>4}  {'label':<32} {'class_id':>8}  {'probability':>11}"]
-    rows += [f"{rank:>4}  {p['label']:<32} {p['class_id']:>8}  {p['probability']:>11.4f}"
-             for rank, p in enumerate(predictions, 1)]
-    return "\n".join(rows)
-
-
-def format_answer(predictions: list) -> str:
-    """The server's `predictions` as tables: one, or one per image for a batch (.npy, .json)."""
-    batches = predictions if predictions and isinstance(predictions[0], list) else [predictions]
-    return "\n\n".join(format_predictions(batch) for batch in batches)
+# the client's functions, here too for `image_classifier.cli.predict` and the like (client.py has them)
+__all__ = ["build_parser", "content_type_for", "explain", "format_answer", "format_predictions", "main", "predict"]
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
@@ -219,10 +143,8 @@ def _tune(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted else 0 if best is not None else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_prepare_data(sub: argparse._SubParsersAction) -> None:
+    """`prepare-data`: the sample digits, Fashion-MNIST or the dog-breed images as ImageFolder trees."""
     p = sub.add_parser("prepare-data", help="write a dataset as train/valid/test ImageFolder trees")
     p.add_argument("--source", choices=("sample", "dogimages", "fashion-mnist"), default="sample",
                    help="sample: scikit-learn's bundled handwritten digits (offline); "
@@ -247,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUTPUT/train holds class folders")
     p.set_defaults(func=_prepare_data)
 
+
+def _add_download_weights(sub: argparse._SubParsersAction) -> None:
+    """`download-weights`: ImageNet weights into the models' caches."""
     p = sub.add_parser("download-weights", help="put models' ImageNet weights in their caches (torchvision's: "
                                                 "$TORCH_HOME; timm's: the Hugging Face cache, $HF_HOME), e.g. when "
                                                 "building an image for jobs without internet")
@@ -254,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry model names, e.g. resnet50 timm/convnext_tiny.fb_in22k_ft_in1k")
     p.set_defaults(func=_download_weights)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """`predict`: one image (or a batch file) to a server, the top-k printed; Grad-CAM with --explain."""
     p = sub.add_parser("predict", help="send an image to a model server and print the top-k")
     p.add_argument("image", type=Path)
     p.add_argument("--url", default="http://localhost:8080", help="server root (default: %(default)s)")
@@ -265,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --explain: the class to explain instead of the top one")
     p.set_defaults(func=_predict)
 
+
+def _add_transform(sub: argparse._SubParsersAction) -> None:
+    """`transform`: every image under a folder to a server, into a CSV."""
     p = sub.add_parser("transform", help="score every image under a folder against a model server into a CSV, "
                                          "like SageMaker Batch Transform; a rerun does only the files missing")
     p.add_argument("--input", type=Path, required=True, metavar="DIR", help="folder of images, walked recursively")
@@ -280,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{backoff_seconds(DEFAULT_RETRIES):.0f} s of backoff: a server restart)")
     p.set_defaults(func=_transform)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """`demo`: the local end-to-end run (`demo.run_demo`)."""
     p = sub.add_parser("demo", help="Fashion-MNIST photos → fine-tuning job → server → predictions, all local")
     p.add_argument("--data", type=Path, default=Path("local/fashion-mnist"),
                    help="dataset root (default: ./local/fashion-mnist, written unless it holds a dataset)")
@@ -288,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=_demo)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    """`report`: a job's debugger and profiler reports, rebuilt."""
     p = sub.add_parser("report", help="rebuild a training job's debugger and profiler reports and print the rules")
     p.add_argument("source", help="the job's output: a folder (output/data), an output.tar.gz, "
                                   "or s3://.../output.tar.gz or s3://BUCKET/PREFIX/JOB/")
@@ -295,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the reports go (default: the folder itself, else ./reports)")
     p.set_defaults(func=_report)
 
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    """`tune`: a local tuning study with Optuna (`tuning.study.tune`)."""
     p = sub.add_parser("tune", help="tune hyperparameters on this machine: the cloud tuner's search space "
                                     "with Optuna, each trial a real training job")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/, valid/ and test/")
@@ -319,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the TPE sampler (Optuna reseeds it per thread: reproducible only with --parallel 1)")
     p.set_defaults(func=_tune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `image-classifier` parser: one subcommand each, its handler in `func` (see `main`)."""
+    parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_prepare_data, _add_download_weights, _add_predict, _add_transform, _add_demo, _add_report,
+                _add_tune):
+        add(sub)
     return parser
 
 

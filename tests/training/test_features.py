@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import shutil
+import subprocess
 import time
 
 import pytest
 import torch
 
-from image_classifier import artifacts, models
-from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier import artifacts, local, models
+from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import data, features, read_epochs
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
@@ -174,8 +173,7 @@ def test_jobs_side_by_side_compute_the_features_once(opt_ml, tmp_path):
         env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         (env.checkpoint_dir / features.CACHE_DIR).symlink_to(shared)
         env.hyperparameters_path.write_text(json.dumps(sdk_hyperparameters(**{**TINY_JOB, **FROZEN})))
-    jobs = [subprocess.Popen([sys.executable, "-m", "image_classifier.train"], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env={**os.environ, BASE_DIR_ENV: str(e.base_dir)})
+    jobs = [local.start_job(e.base_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for e in (first, second)]
     logs = [job.communicate(timeout=300)[0] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], logs

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ import pytest
 import torch
 import torchvision
 
-from image_classifier import artifacts, explain, models
+from image_classifier import artifacts, explain, local, models
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation import report as evaluation_report
 from image_classifier.launch.metrics import metric_regex
-from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
 from image_classifier.training import data, job
@@ -40,9 +39,7 @@ TEST_LINE = re.compile(r"test_loss=(\S+) test_accuracy=(\S+) test_f1=(\S+)")
 
 def start_job(env: SageMakerEnv) -> subprocess.Popen:
     """`python -m image_classifier.train` on `env`'s layout, as the container's `train` runs it."""
-    return subprocess.Popen([sys.executable, "-m", "image_classifier.train"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, BASE_DIR_ENV: str(env.base_dir)})
+    return local.start_job(env.base_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def run_job(env: SageMakerEnv, timeout: float = 300) -> tuple[int, str]:
@@ -167,10 +164,8 @@ def resume_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, resume_tree) -> dict[str, torch.Tensor]:
     """The weights of a job never interrupted."""
-    from image_classifier.demo import lay_out
-
-    env = lay_out(tmp_path_factory.mktemp("ref") / "opt_ml", resume_tree,
-                  sdk_hyperparameters(**{**TINY_JOB, **RESUME_JOB}))
+    env = local.lay_out(tmp_path_factory.mktemp("ref") / "opt_ml", resume_tree,
+                        sdk_hyperparameters(**{**TINY_JOB, **RESUME_JOB}))
     code, log = run_job(env)
     assert code == 0, log
     return artifacts.load_model(env.model_dir)[0]

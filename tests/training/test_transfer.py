@@ -16,7 +16,7 @@ from image_classifier.serving.predictor import Predictor
 from image_classifier.training import METRICS_FILE
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
-from image_classifier.demo import lay_out
+from image_classifier.local import lay_out
 from tests.conftest import sdk_hyperparameters
 from tests.serving import servers
 

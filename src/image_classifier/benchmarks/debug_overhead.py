@@ -13,16 +13,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from image_classifier import datasets
-from image_classifier.demo import lay_out
-from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier import datasets, local
+from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import METRICS_FILE
 
 CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
@@ -33,7 +30,7 @@ JOB = {"model": "resnet18", "pretrained": "false", "freeze": "none", "image-size
 
 def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str],
             prepare: Callable[[SageMakerEnv], None] | None = None) -> dict[str, float]:
-    """One training job in a fresh process; its loop time and whole time (seconds) and accuracy.
+    """One training job in a fresh process (`local.run_job`); its loop and whole time (seconds) and accuracy.
 
     `prepare` may change the laid-out tree before the job starts (e.g. link a checkpoint dir).
 
@@ -45,12 +42,11 @@ def run_job(base_dir: Path, data_dir: Path, hyperparameters: dict[str, str],
     Raises:
         RuntimeError: the job failed (its log's tail in the message).
     """
-    env = lay_out(base_dir, data_dir, hyperparameters)
+    env = local.lay_out(base_dir, data_dir, hyperparameters)
     if prepare:
         prepare(env)
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "image_classifier.train"], capture_output=True, text=True,
-                            env={**os.environ, BASE_DIR_ENV: str(env.base_dir)})
+    result = local.run_job(env.base_dir, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"training job failed:\n{result.stdout[-3000:]}")

@@ -24,21 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import requests
 
-from image_classifier import artifacts, models
-from image_classifier.sagemaker_env import BASE_DIR_ENV, BIND_TO_PORT_ENV
+from image_classifier import artifacts, local, models
 from image_classifier.transforms import resize_size
 
 MODELS = ("resnet50", "resnet18")
@@ -131,7 +129,7 @@ class Limit:
         figures = {}
         for batch in BATCH_SIZES:
             self.run(batch)
-            figures[batch] = batch / statistics.median(_repeat(lambda: self.run(batch), seconds / 2))
+            figures[batch] = batch / statistics.median(_repeat(lambda batch=batch: self.run(batch), seconds / 2))
         best = max(figures, key=figures.get)
         return {"images_per_second": figures, "best_batch": best, "best_images_per_second": figures[best]}
 
@@ -145,48 +143,51 @@ def _repeat(action, seconds: float, at_least: int = 5) -> list[float]:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(command: list[str], env: dict[str, str], port: int, cwd: Path | None = None,
+def start_server(start: Callable[[], subprocess.Popen], port: int,
                  timeout: float = 180) -> tuple[subprocess.Popen, float]:
-    """Start a server; returns it and the seconds from start to its first 200 on /ping.
+    """Start a server with `start()` (`_project_server`, `_baseline_server`: quiet, in a session of its own);
+    returns it and the seconds from start to its first 200 on /ping (`local.wait_for_ping`).
 
     Raises:
-        RuntimeError: it exited or never answered 200 within `timeout`.
+        RuntimeError: it exited or never answered 200 within `timeout` (it is stopped).
     """
-    start = time.perf_counter()
-    server = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    while time.perf_counter() - start < timeout:
-        if server.poll() is not None:
-            raise RuntimeError(f"{command[0]} exited with {server.returncode}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                return server, time.perf_counter() - start
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    stop_server(server)
-    raise RuntimeError(f"no 200 on /ping within {timeout} s")
+    started = time.perf_counter()
+    server = start()
+    try:
+        local.wait_for_ping(local.server_url(port), server, timeout, interval=0.05)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server, time.perf_counter() - started
 
 
 def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server and its workers (`local.stop`), SIGKILL after 40 s."""
     try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=40)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        local.stop(server, timeout=40, group=True)
+    except subprocess.TimeoutExpired:
+        pass  # killed: its figures are taken already
+
+
+def _project_server(base_dir: Path, port: int, extra_env: dict[str, str]) -> Callable[[], subprocess.Popen]:
+    """A `start` for `start_server`: this project's server (`local.start_server`) on `base_dir`'s model."""
+    return lambda: local.start_server(base_dir, port, extra_environ=extra_env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _baseline_server(workdir: Path, model_dir: Path, port: int) -> Callable[[], subprocess.Popen]:
+    """A `start` for `start_server`: BASELINE_APP (written to `workdir`) under gunicorn, a sync worker a core."""
+    (workdir / "baseline_app.py").write_text(BASELINE_APP)
+    return lambda: subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(os.cpu_count() or 1), "-b", f"{local.HOST}:{port}",
+         "--timeout", "120", "baseline_app:app"], env={**os.environ, "MODEL_DIR": str(model_dir)}, cwd=workdir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _timed_post(session: requests.Session, port: int, payload: bytes, headers: dict[str, str] | None = None) -> float:
     """Seconds for one JPEG `POST /invocations` to the server on `port` (raises on an error status)."""
     start = time.perf_counter()
-    response = session.post(f"http://127.0.0.1:{port}/invocations", data=payload, timeout=120,
+    response = session.post(f"{local.server_url(port)}/invocations", data=payload, timeout=120,
                             headers={"Content-Type": JPEG, **(headers or {})})
     response.raise_for_status()
     return time.perf_counter() - start
@@ -256,23 +257,19 @@ def measure_server(port: int, payload_path: Path, seconds: float, count: int, li
 def _load(port: int, payload_path: Path, concurrency: int, count: int, seconds: float) -> dict[str, Any]:
     """`benchmarks.load` in a process of its own against the server on `port`; its result."""
     return json.loads(subprocess.run(
-        [sys.executable, "-m", "image_classifier.benchmarks.load", f"http://127.0.0.1:{port}/invocations",
+        [sys.executable, "-m", "image_classifier.benchmarks.load", f"{local.server_url(port)}/invocations",
          str(payload_path), "--concurrency", str(concurrency), "--count", str(count), "--seconds", str(seconds)],
         capture_output=True, text=True, check=True).stdout)
 
 
-def serve_and_measure(command: list[str], env: dict[str, str], port: int, payload_path: Path, seconds: float,
-                      count: int, limit: Limit, cwd: Path | None = None, explain: bool = False) -> dict[str, Any]:
-    """Start a server, measure it (`measure_server`) and its start-up, stop it."""
-    server, startup = start_server(command, env, port, cwd)
+def serve_and_measure(start: Callable[[], subprocess.Popen], port: int, payload_path: Path, seconds: float,
+                      count: int, limit: Limit, explain: bool = False) -> dict[str, Any]:
+    """Start a server (`start_server`), measure it (`measure_server`) and its start-up, stop it."""
+    server, startup = start_server(start, port)
     try:
         return {"startup_seconds": startup, **measure_server(port, payload_path, seconds, count, limit, explain)}
     finally:
         stop_server(server)
-
-
-def _server_env(base_dir: Path, port: int, extra_env: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, BASE_DIR_ENV: str(base_dir), BIND_TO_PORT_ENV: str(port), **extra_env}
 
 
 def benchmark_explanations(arch: str, workdir: Path, payload_path: Path, seconds: float,
@@ -280,9 +277,8 @@ def benchmark_explanations(arch: str, workdir: Path, payload_path: Path, seconds
     """`--explain-only`: the server with its defaults, `explain_latency` alone."""
     base_dir = workdir / arch
     write_model(arch, base_dir)
-    port = free_port()
-    server, startup = start_server([sys.executable, "-m", "image_classifier.serve"], _server_env(base_dir, port, {}),
-                                   port)
+    port = local.free_port()
+    server, startup = start_server(_project_server(base_dir, port, {}), port)
     try:
         return {"startup_seconds": startup, "explain": explain_latency(port, payload_path.read_bytes(), seconds, count)}
     finally:
@@ -300,19 +296,16 @@ def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float
     result: dict[str, Any] = {"servers": list(variants)}
 
     for name, extra_env in variants.items():
-        port = free_port()
+        port = local.free_port()
         result[name] = {"env": extra_env, **serve_and_measure(
-            [sys.executable, "-m", "image_classifier.serve"], _server_env(base_dir, port, extra_env), port,
-            payload_path, seconds, count, limit, explain=name == result["servers"][0])}
+            _project_server(base_dir, port, extra_env), port, payload_path, seconds, count, limit,
+            explain=name == result["servers"][0])}
         print(f"{arch}: {name} measured (first 200 on /ping after {result[name]['startup_seconds']:.1f} s)",
               flush=True)
 
-    (workdir / "baseline_app.py").write_text(BASELINE_APP)
-    port = free_port()
-    result["baseline"] = serve_and_measure(
-        [sys.executable, "-m", "gunicorn", "-w", str(os.cpu_count() or 1), "-b", f"127.0.0.1:{port}",
-         "--timeout", "120", "baseline_app:app"], {**os.environ, "MODEL_DIR": str(model_dir)}, port,
-        payload_path, seconds, count, limit, cwd=workdir)
+    port = local.free_port()
+    result["baseline"] = serve_and_measure(_baseline_server(workdir, model_dir, port), port, payload_path, seconds,
+                                           count, limit)
     print(f"{arch}: baseline measured", flush=True)
 
     base = result["baseline"]

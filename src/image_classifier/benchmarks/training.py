@@ -26,18 +26,18 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier import datasets, models
+from image_classifier import datasets, local, models
 from image_classifier.benchmarks.debug_overhead import run_job
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import data, features
 from image_classifier.training.config import TrainConfig
-from image_classifier.demo import lay_out
 from image_classifier.training.job import build_model, find_channels, make_loaders
 from image_classifier.training.loop import Meter, train_one_epoch
 
@@ -77,12 +77,10 @@ def write_synthetic(root: Path, images: int, classes: int = 10, size: int = 256,
     return counts
 
 
-def _link_cache(cache: Path):
-    """A `prepare` for run_job: the job's feature-cache folder is `cache` (as for tuning trials)."""
-    def prepare(env: SageMakerEnv) -> None:
-        env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (env.checkpoint_dir / features.CACHE_DIR).symlink_to(cache, target_is_directory=True)
-    return prepare
+def _link_cache(cache: Path) -> Callable[[SageMakerEnv], Path]:
+    """A `prepare` for run_job: the job's feature-cache folder is `cache` (`local.link_feature_cache`,
+    as for tuning trials)."""
+    return lambda env: local.link_feature_cache(env, cache)
 
 
 def compare(data_dir: Path, workdir: Path, job: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -124,7 +122,7 @@ def step_types(data_dir: Path, workdir: Path, job: dict[str, str]) -> dict[str, 
     `head on features`: the same for the head on cached features (as `cache warm` trains).
     """
     config = TrainConfig.from_hyperparameters({**job, **WAYS["images"], "pretrained": "false"})
-    env = lay_out(workdir / "step-types", data_dir, {k: str(v) for k, v in config.to_dict().items()})
+    env = local.lay_out(workdir / "step-types", data_dir, {k: str(v) for k, v in config.to_dict().items()})
     channels, class_names = find_channels(env)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = make_loaders(config, {data.TRAIN: channels[data.TRAIN]}, class_names, device.type == "cuda")[data.TRAIN]

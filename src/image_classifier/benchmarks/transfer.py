@@ -1,4 +1,4 @@
-"""What ImageNet weights are worth: training jobs on real photos, from scratch and from pretrained weights, side by side.
+"""What ImageNet weights are worth: training jobs on real photos, from scratch and pretrained, side by side.
 
 One run on Fashion-MNIST (70,000 real 28x28 product photos in 10 classes; Debian's
 `dataset-fashion-mnist` or the official download, see `datasets.prepare_fashion_mnist`), for

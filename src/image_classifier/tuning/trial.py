@@ -1,7 +1,7 @@
 """One tuning trial: a real training job on its own `/opt/ml` tree, its log read for metrics and pruning.
 
-The trial lays out `<workdir>/trials/<training job>/` as SageMaker would (`demo.lay_out`), runs
-`python -m image_classifier.train` on it, and reads the job's stdout line by line with the
+The trial lays out `<workdir>/trials/<training job>/` as SageMaker would (`local.lay_out`), runs
+`python -m image_classifier.train` on it (`local.start_job`), and reads the job's stdout line by line with the
 cloud metric definitions (`launch.metrics`). Each epoch line's objective is reported to Optuna;
 when the pruner says so, the job gets SIGTERM (it saves a checkpoint and exits 143, as on a
 StopTrainingJob) and the trial ends PRUNED. The trial's value is the last value of the objective
@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 
 import optuna
 
-from image_classifier.demo import lay_out
+from image_classifier import local
 from image_classifier.launch import metrics
 from image_classifier.launch.search_space import suggest
-from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import features
 from image_classifier.training.job import CHECKPOINT_FILE
 
@@ -40,7 +39,7 @@ STOP_GRACE_SECONDS = 60.0        # after SIGTERM, seconds a job has to save and 
 
 # every name=value the job logs, with the regexes SageMaker reads them with
 _PATTERNS = {name: re.compile(metrics.metric_regex(name))
-             for name in ("epoch",) + metrics.EPOCH_METRICS + metrics.FINAL_METRICS}
+             for name in ("epoch", *metrics.EPOCH_METRICS, *metrics.FINAL_METRICS)}
 
 
 class TrialFailed(RuntimeError):
@@ -74,14 +73,9 @@ def link_feature_cache(env: SageMakerEnv, workdir: Path) -> Path:
         workdir: the tuning output folder; the shared folder is `<workdir>/feature-cache`.
 
     Returns:
-        the symlink.
+        the symlink (`local.link_feature_cache`).
     """
-    shared = (workdir / features.CACHE_DIR).resolve()
-    shared.mkdir(parents=True, exist_ok=True)
-    env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    link = env.checkpoint_dir / features.CACHE_DIR
-    link.symlink_to(shared, target_is_directory=True)
-    return link
+    return local.link_feature_cache(env, workdir / features.CACHE_DIR)
 
 
 class Jobs:
@@ -93,8 +87,9 @@ class Jobs:
         self._lock = threading.RLock()  # a signal handler may run while this thread holds it
         self._running: set[subprocess.Popen] = set()
 
-    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Start a job in its own session (a Ctrl-C at the terminal reaches the tuner, not it).
+    def start(self, base_dir: Path, extra_environ: dict[str, str]) -> subprocess.Popen:
+        """Start the training job on the tree at `base_dir` (`local.start_job`) in its own session
+        (a Ctrl-C at the terminal reaches the tuner, not it); its stdout and stderr in one text pipe.
 
         Raises:
             TuningInterrupted: the tuner is stopping.
@@ -102,8 +97,8 @@ class Jobs:
         with self._lock:
             if self.stopping.is_set():
                 raise TuningInterrupted("the tuner is stopping: no new training job")
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1, start_new_session=True)
+            process = local.start_job(base_dir, extra_environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1, start_new_session=True)
             self._running.add(process)
         if self.stopping.is_set():  # a signal came while it started
             self.stop(process)
@@ -187,7 +182,7 @@ class TrialJob:
         hyperparameters = {**self.static, **suggest(trial, self.distributions)}
         name = f"{self.name_prefix}-{trial.number:03d}"
         base = self.workdir / TRIALS_DIR / name
-        env = lay_out(base, self.data_dir, hyperparameters)
+        env = local.lay_out(base, self.data_dir, hyperparameters)
         link_feature_cache(env, self.workdir)
         for key, value in {"training_job": name, "trial_dir": str(base.resolve()),
                            "hyperparameters": hyperparameters}.items():
@@ -224,9 +219,9 @@ class TrialJob:
         trial.study.stop()
         raise TuningInterrupted(message)
 
-    def _environ(self, env: SageMakerEnv) -> dict[str, str]:
-        environ = {**os.environ, BASE_DIR_ENV: str(env.base_dir.resolve()),
-                   "PYTHONUNBUFFERED": "1"}  # each log line reaches the tuner when written
+    def _environ(self) -> dict[str, str]:
+        """What the job's environment adds to the tuner's (`local.child_environ`)."""
+        environ = {"PYTHONUNBUFFERED": "1"}  # each log line reaches the tuner when written
         if self.threads and "OMP_NUM_THREADS" not in os.environ:
             environ["OMP_NUM_THREADS"] = str(self.threads)  # parallel jobs share the cores
         return environ
@@ -238,7 +233,7 @@ class TrialJob:
         Returns:
             (last objective value, epoch pruned at or None, last lines of the log, exit code).
         """
-        process = self.jobs.start([sys.executable, "-m", "image_classifier.train"], self._environ(env))
+        process = self.jobs.start(env.base_dir, self._environ())
         value, pruned_at, tail = None, None, collections.deque(maxlen=TAIL_LINES)
         try:
             with open(log_path, "w", buffering=1) as log:  # line by line: readable while it runs
