@@ -13,6 +13,8 @@ import sys
 
 import boto3
 
+from image_classifier.launch.exit_codes import LAUNCHER, exit_on
+
 
 def ensure_repositories(ecr_client, names: list[str]) -> str:
     """Create the repositories that do not exist yet; return the registry host
@@ -38,6 +40,7 @@ def login_password(ecr_client) -> str:
     return password
 
 
+@exit_on(LAUNCHER)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m image_classifier.launch.ecr", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("repositories", "registry", "password"))

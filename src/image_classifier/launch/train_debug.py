@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
@@ -23,7 +22,9 @@ import boto3
 
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, TENSORS_DIR, hook_config
 from image_classifier.launch import metrics
-from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
+from image_classifier.launch.common import add_training_job_arguments, parse_static
+from image_classifier.launch.dry_run import DryRun, Stopped
+from image_classifier.launch.exit_codes import LAUNCHER, USAGE, exit_on
 from image_classifier.launch.tune import CHANNELS, default_job_name
 from image_classifier.launch.upload import parse_s3_uri
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP
@@ -150,11 +151,11 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
     job_name = args.job_name or default_job_name()
     request = training_job_request(args, job_name, region)
     if args.dry_run:
-        with sending_nothing(boto_session, (CREATE_OPERATION,)):
-            try:
-                TrainingJob.create(**request, session=boto_session, region=region)
-            except DryRun as dry_run:
-                return dry_run.params
+        dry_run = DryRun(boto_session, {"sagemaker": (CREATE_OPERATION,)}, stop=True)
+        try:
+            TrainingJob.create(**request, session=boto_session, region=region)
+        except Stopped:
+            return dry_run.requests[-1].params
         raise RuntimeError(f"dry run: the SDK made no {CREATE_OPERATION} request")
     TrainingJob.create(**request, session=boto_session, region=region)
     return {"TrainingJobName": job_name, "outputs": where_outputs_land(args.output, job_name, args.builtin_rules)}
@@ -224,14 +225,11 @@ def _is_report(name: str) -> bool:
     return bool(parts) and parts[0] in REPORT_FOLDERS and TENSORS_DIR not in parts[1:2]
 
 
+@exit_on({**LAUNCHER, OSError: USAGE})  # OSError: --best cannot be read
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        result = start(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = start(args)
     print(json.dumps(result, indent=2, default=str))
     if args.dry_run or not args.wait:
         return 0
