@@ -2,9 +2,10 @@
 
 Creates one Model per production variant (the serving image and its `model.tar.gz`), an
 EndpointConfig holding the variants (instances, or `--serverless` memory and concurrency; each
-variant's share of the traffic) and an Endpoint, with boto3's SageMaker client (the one API of
-these resources: create, describe, wait, delete); `--autoscale` then gives each variant a target-tracking policy
-(launch/autoscaling.py). Every argument is checked before anything is created, and a failure
+variant's share of the traffic) and an Endpoint, with boto3's SageMaker client, the one API of
+these resources (create, describe, wait, delete); `--autoscale` then gives each variant a
+target-tracking policy (launch/autoscaling.py). `--dry-run` records the requests instead of
+sending them (launch/dry_run.py). Every argument is checked before anything is created, and a failure
 midway deletes what the run had created. `--delete` removes the scaling, the endpoint, its
 config and its models, in that order.
 """
@@ -252,7 +253,8 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
 
     Raises:
         ValueError: the arguments (nothing is sent), or a training job without artifacts.
-        DeployError: a request failed; what the run had created is deleted.
+        DeployError: a request failed, or the endpoint did not reach InService; what the run had
+            created is deleted.
     """
     chosen = plan(args)
     suffix = time.strftime("%Y%m%d-%H%M%S")

@@ -7,7 +7,7 @@ Three modes, one a run:
 - blue/green (`--model-data` or `--training-job`): a new Model (the variant's current image, role
   and environment unless overridden), a new EndpointConfig copying the current one with that
   variant's model replaced, then UpdateEndpoint with a DeploymentConfig (traffic routing, rollback
-  alarms). The new config names the one it replaces in the tag PREVIOUS_CONFIG_TAG;
+  alarms). The new config names the one it replaces in the tag PREVIOUS_CONFIG_TAG (launch/history.py);
 - rollback (`--rollback`): UpdateEndpoint back to the config that tag names, one step a run.
 
 Nothing starts unless the endpoint is InService, and everything is checked before anything is
