@@ -7,7 +7,6 @@ import pytest
 
 from image_classifier.launch import tune
 from image_classifier.launch.dry_run import DryRun, Stopped
-
 from tests.launch.common import launch
 
 ENDPOINT = {"EndpointName": "ic-never", "EndpointConfigName": "ic-never-config"}

@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--name", default="image-classifier", help="prefix of the job's and model's names")
     parser.add_argument("--job-name", help="the transform job's name (default: NAME-<timestamp>)")
-    parser.add_argument("--model-name", help="an existing SageMaker Model (e.g. one deploy.py made) instead of a new one")
+    parser.add_argument("--model-name",
+                        help="an existing SageMaker Model (e.g. one deploy.py made) instead of a new one")
     parser.add_argument("--image", help="serving image URI in ECR (for a new Model)")
     parser.add_argument("--role", help="IAM role ARN the Model runs as (for a new Model)")
     source = parser.add_mutually_exclusive_group()

@@ -36,7 +36,7 @@ def registry_of(sts_client, region: str) -> str:
 def login_password(ecr_client) -> str:
     """The password for `docker login --username AWS` (GetAuthorizationToken, base64 of `AWS:<password>`)."""
     token = ecr_client.get_authorization_token()["authorizationData"][0]["authorizationToken"]
-    user, _, password = base64.b64decode(token).decode().partition(":")
+    _user, _, password = base64.b64decode(token).decode().partition(":")
     return password
 
 

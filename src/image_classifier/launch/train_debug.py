@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter, over --best's (repeatable)")
     parser.add_argument("--builtin-rules", action="store_true",
-                        help="also AWS's built-in rules (%s) and ProfilerReport" % ", ".join(BUILTIN_RULES))
+                        help=f"also AWS's built-in rules ({', '.join(BUILTIN_RULES)}) and ProfilerReport")
     parser.add_argument("--job-name", default=None, help="training job name (default: ic-<time>-<random>)")
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
@@ -92,10 +92,21 @@ def training_job_request(args: argparse.Namespace, job_name: str, region: str) -
         ValueError: --instance-count above 1 (debugging and profiling run in one process).
     """
     from sagemaker.core.debugger import ProfilerRule, Rule, get_rule_container_image_uri, rule_configs
-    from sagemaker.core.shapes import (AlgorithmSpecification, Channel, CollectionConfiguration, DataSource,
-                                       DebugHookConfig, DebugRuleConfiguration, MetricDefinition, OutputDataConfig,
-                                       ProfilerConfig, ProfilerRuleConfiguration, ResourceConfig, S3DataSource,
-                                       StoppingCondition)
+    from sagemaker.core.shapes import (
+        AlgorithmSpecification,
+        Channel,
+        CollectionConfiguration,
+        DataSource,
+        DebugHookConfig,
+        DebugRuleConfiguration,
+        MetricDefinition,
+        OutputDataConfig,
+        ProfilerConfig,
+        ProfilerRuleConfiguration,
+        ResourceConfig,
+        S3DataSource,
+        StoppingCondition,
+    )
 
     if args.instance_count != 1:
         raise ValueError(f"--instance-count {args.instance_count}: a debug job trains in one process on one "
@@ -103,25 +114,25 @@ def training_job_request(args: argparse.Namespace, job_name: str, region: str) -
     data, output = args.data.rstrip("/"), args.output.rstrip("/")
     paths = job_paths(output, job_name)
     hook = hook_config(CONTAINER_TENSORS, paths["tensors"])
-    request: dict[str, Any] = dict(
-        training_job_name=job_name, role_arn=args.role, hyper_parameters=hyperparameters_of(args),
-        algorithm_specification=AlgorithmSpecification(
+    request: dict[str, Any] = {
+        "training_job_name": job_name, "role_arn": args.role, "hyper_parameters": hyperparameters_of(args),
+        "algorithm_specification": AlgorithmSpecification(
             training_image=args.image, training_input_mode="File",
             metric_definitions=[MetricDefinition(name=d["Name"], regex=d["Regex"])
                                 for d in metrics.metric_definitions()]),
-        input_data_config=[Channel(channel_name=c, data_source=DataSource(s3_data_source=S3DataSource(
+        "input_data_config": [Channel(channel_name=c, data_source=DataSource(s3_data_source=S3DataSource(
             s3_data_type="S3Prefix", s3_uri=f"{data}/{c}", s3_data_distribution_type="FullyReplicated")))
             for c in CHANNELS],
-        output_data_config=OutputDataConfig(s3_output_path=output),
-        resource_config=ResourceConfig(instance_type=args.instance_type, instance_count=args.instance_count,
-                                       volume_size_in_gb=50),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=args.max_runtime),
-        debug_hook_config=DebugHookConfig(
+        "output_data_config": OutputDataConfig(s3_output_path=output),
+        "resource_config": ResourceConfig(instance_type=args.instance_type, instance_count=args.instance_count,
+                                          volume_size_in_gb=50),
+        "stopping_condition": StoppingCondition(max_runtime_in_seconds=args.max_runtime),
+        "debug_hook_config": DebugHookConfig(
             local_path=hook["LocalPath"], s3_output_path=hook["S3OutputPath"], hook_parameters=hook["HookParameters"],
             collection_configurations=[
                 CollectionConfiguration(collection_name=c["CollectionName"],
                                         collection_parameters=c["CollectionParameters"])
-                for c in hook["CollectionConfigurations"]]))
+                for c in hook["CollectionConfigurations"]])}
     if args.builtin_rules:
         image = get_rule_container_image_uri(None, region)
         rules = [Rule.sagemaker(getattr(rule_configs, name)()).to_debugger_rule_config_dict()

@@ -25,15 +25,20 @@ import math
 import secrets
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 
 from image_classifier.launch.common import parse_static
 from image_classifier.launch.deploy import model_data_of
-from image_classifier.launch.deployment_config import (add_deployment_arguments, check_deployment,
-                                                       deployment_config, planned_seconds)
+from image_classifier.launch.deployment_config import (
+    add_deployment_arguments,
+    check_deployment,
+    deployment_config,
+    planned_seconds,
+)
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import CLIENT_ERROR, FAILED, INTERRUPTED, LAUNCHER, exit_on
 from image_classifier.launch.history import PREVIOUS_CONFIG_TAG, previous_config, previous_tag
@@ -363,7 +368,7 @@ def unchanged(sm, name: str, config_name: str) -> bool:
     (a Ctrl-C or a broken connection can come after SageMaker accepted it: then nothing may be deleted)."""
     try:
         endpoint = sm.describe_endpoint(EndpointName=name)
-    except Exception as exc:  # noqa: BLE001 - unknown: keep what was created
+    except Exception as exc:  # unknown: keep what was created
         logger.warning("cannot tell whether SageMaker accepted the update (%s): deleting nothing", exc)
         return False
     if endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == config_name:
