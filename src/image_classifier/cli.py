@@ -179,23 +179,20 @@ def _report(args: argparse.Namespace) -> int:
     return rebuild_reports(args.source, args.out)
 
 
+@exit_on({ValueError: USAGE, OSError: USAGE})
 def _tune(args: argparse.Namespace) -> int:
     from image_classifier.launch.common import parse_static
     from image_classifier.tuning.report import BEST_FILE
     from image_classifier.tuning.study import EXIT_INTERRUPTED, tune
 
-    try:
-        ranges = args.search_space
-        if ranges is not None and not ranges.lstrip().startswith("{"):
-            ranges = Path(ranges).read_text()
-        study, outputs, interrupted = tune(
-            args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
-            max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
-            include_model=args.include_model, search_space_json=ranges, storage=args.storage,
-            study_name=args.study_name, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    ranges = args.search_space
+    if ranges is not None and not ranges.lstrip().startswith("{"):
+        ranges = Path(ranges).read_text()
+    study, outputs, interrupted = tune(
+        args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
+        max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
+        include_model=args.include_model, search_space_json=ranges, storage=args.storage,
+        study_name=args.study_name, seed=args.seed)
     print(outputs["table"])
     best = outputs["best"]
     if best is not None:
