@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 
 from image_classifier.launch import deploy
 
@@ -261,3 +262,14 @@ def test_long_names_fit_in_63_characters_and_stay_apart(aws, capsys):
     assert code == 0
     names = [result[0]["EndpointConfigName"], *result[0]["ModelNames"]]
     assert all(len(n) <= 63 for n in names) and len(set(names)) == 3
+
+
+def test_an_endpoint_that_fails_is_an_error_with_its_failure_reason():
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", {
+            "EndpointName": "ic", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/ic",
+            "EndpointStatus": "Failed", "FailureReason": "the container did not answer /ping",
+            "CreationTime": "2026-01-01", "LastModifiedTime": "2026-01-01"}, {"EndpointName": "ic"})
+        with pytest.raises(deploy.DeployError, match="it is Failed, failure reason: the container did not answer"):
+            deploy.wait_in_service(client, "ic")
