@@ -14,6 +14,7 @@ import requests
 from image_classifier import datasets
 from image_classifier.client import content_type_for, explain, format_answer, format_predictions, predict
 from image_classifier.launch import metrics
+from image_classifier.launch.exit_codes import FAILED, USAGE, exit_on
 from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, transform
 from image_classifier.tuning import PRUNERS
 
@@ -21,6 +22,7 @@ from image_classifier.tuning import PRUNERS
 __all__ = ["build_parser", "content_type_for", "explain", "format_answer", "format_predictions", "main", "predict"]
 
 
+@exit_on({ValueError: FAILED, OSError: FAILED, requests.RequestException: FAILED})
 def _prepare_data(args: argparse.Namespace) -> int:
     if args.if_missing and datasets.has_dataset(args.output):
         print(f"{args.output} already holds a dataset: left as it is")
@@ -29,14 +31,10 @@ def _prepare_data(args: argparse.Namespace) -> int:
         counts = datasets.write_sample(args.output, seed=args.seed)
         print(f"wrote the handwritten-digit sample to {args.output}: {json.dumps(counts)}")
     elif args.source == "fashion-mnist":
-        try:
-            counts = datasets.prepare_fashion_mnist(
-                args.output, source_dir=args.fashion_mnist_dir, per_class=args.per_class,
-                valid_per_class=args.valid_per_class, test_per_class=args.test_per_class, seed=args.seed,
-                keep_downloads=args.keep_downloads)
-        except (ValueError, OSError, requests.RequestException) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        counts = datasets.prepare_fashion_mnist(
+            args.output, source_dir=args.fashion_mnist_dir, per_class=args.per_class,
+            valid_per_class=args.valid_per_class, test_per_class=args.test_per_class, seed=args.seed,
+            keep_downloads=args.keep_downloads)
         print(f"wrote Fashion-MNIST to {args.output}: {json.dumps(counts)}")
     else:
         datasets.prepare_dogimages(args.output, url=args.url, sha256=args.sha256)
@@ -44,46 +42,35 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_on({ValueError: FAILED, RuntimeError: FAILED})  # RuntimeError: PretrainedWeightsUnavailable, a misfit file
 def _download_weights(args: argparse.Namespace) -> int:
     from image_classifier.models import load_pretrained_state_dict
 
-    try:
-        for name in args.models:
-            load_pretrained_state_dict(name)  # downloads into the model's cache unless it is there
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: PretrainedWeightsUnavailable, a misfit file
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    for name in args.models:
+        load_pretrained_state_dict(name)  # downloads into the model's cache unless it is there
     return 0
 
 
+@exit_on({RuntimeError: FAILED, OSError: FAILED, requests.RequestException: FAILED})  # OSError: an unreadable image
 def _predict(args: argparse.Namespace) -> int:
     if args.explain_class and not args.explain:
         print("error: --explain-class needs --explain OVERLAY.png", file=sys.stderr)
-        return 2
+        return USAGE
     paths: list[Path] = []
-    try:
-        if args.explain:
-            predictions, paths = explain(args.url, args.image, args.explain, args.top_k, args.explain_class)
-        else:
-            predictions = predict(args.url, args.image, args.top_k)
-    except (RuntimeError, OSError, requests.RequestException) as exc:  # OSError: an unreadable image file
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.explain:
+        predictions, paths = explain(args.url, args.image, args.explain, args.top_k, args.explain_class)
+    else:
+        predictions = predict(args.url, args.image, args.top_k)
     print(format_answer(predictions))
     for path in paths:
         print(f"Grad-CAM overlay written to {path}")
     return 0
 
 
+@exit_on({ValueError: USAGE, OSError: FAILED})
 def _transform(args: argparse.Namespace) -> int:
     try:
         summary = transform(args.input, args.output, args.url, args.concurrency, args.top_k, args.retries)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"interrupted: {args.output} holds every row written; rerun to do the rest", file=sys.stderr)
         sys.stderr.flush()
@@ -116,23 +103,20 @@ def _report(args: argparse.Namespace) -> int:
     return rebuild_reports(args.source, args.out)
 
 
+@exit_on({ValueError: USAGE, OSError: USAGE})
 def _tune(args: argparse.Namespace) -> int:
     from image_classifier.launch.common import parse_static
     from image_classifier.tuning.report import BEST_FILE
     from image_classifier.tuning.study import EXIT_INTERRUPTED, tune
 
-    try:
-        ranges = args.search_space
-        if ranges is not None and not ranges.lstrip().startswith("{"):
-            ranges = Path(ranges).read_text()
-        study, outputs, interrupted = tune(
-            args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
-            max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
-            include_model=args.include_model, search_space_json=ranges, storage=args.storage,
-            study_name=args.study_name, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    ranges = args.search_space
+    if ranges is not None and not ranges.lstrip().startswith("{"):
+        ranges = Path(ranges).read_text()
+    study, outputs, interrupted = tune(
+        args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
+        max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
+        include_model=args.include_model, search_space_json=ranges, storage=args.storage,
+        study_name=args.study_name, seed=args.seed)
     print(outputs["table"])
     best = outputs["best"]
     if best is not None:

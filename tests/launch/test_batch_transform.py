@@ -27,7 +27,8 @@ KEYS = ["001.Affenpinscher/a.jpg", "001.Affenpinscher/b.jpg", "002.Afghan_hound/
 def answer(key: str) -> dict:
     """The container's JSON answer for one image (top-2), made up from its key."""
     first = key.split("/")[0]
-    return {"predictions": [{"label": first, "class_id": int(first[:3]) - 1 if first[:3].isdigit() else 0, "probability": 0.75},
+    return {"predictions": [{"label": first, "class_id": int(first[:3]) - 1 if first[:3].isdigit() else 0,
+                             "probability": 0.75},
                             {"label": "other", "class_id": 9, "probability": 0.25}]}
 
 
@@ -191,7 +192,7 @@ def test_answer_key_follows_the_relative_key_then_a_unique_trailing_path():
 def test_an_answer_two_inputs_could_claim_is_taken_by_neither(s3, tmp_path):
     for key in ("e/x.jpg", "f/x.jpg"):
         s3.put_object(Bucket="ic-data", Key=f"dogImages/test/{key}", Body=b"image")
-    write_answers(s3, KEYS + ["x.jpg"])
+    write_answers(s3, [*KEYS, "x.jpg"])
     results = tmp_path / "r.csv"
     assert run(*new_model_args(results)) == 1
     assert [r["key"] for r in rows(results)] == [f"{INPUT}{k}" for k in KEYS]

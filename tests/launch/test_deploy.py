@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 
 from image_classifier.launch import deploy
 
@@ -42,14 +43,16 @@ def test_deploy_creates_model_config_and_endpoint(aws, received, capsys):
     code, deleted = run(capsys, "--name", "ic-endpoint", "--delete", "--no-wait")
     assert code == 0 and deleted[0]["ModelNames"] == names["ModelNames"]
     assert deleted[0]["ScalableTargets"] == [] and not received("DeregisterScalableTarget")  # none, and no error
-    assert names["EndpointConfigName"] not in [c["EndpointConfigName"] for c in sm().list_endpoint_configs()["EndpointConfigs"]]
+    assert names["EndpointConfigName"] not in [
+        c["EndpointConfigName"] for c in sm().list_endpoint_configs()["EndpointConfigs"]]
     assert names["ModelNames"][0] not in [m["ModelName"] for m in sm().list_models()["Models"]]
 
 
 def test_model_data_of_a_training_job(aws):
     client = sm()
     client.create_training_job(
-        TrainingJobName="t-42", RoleArn=ROLE, AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        TrainingJobName="t-42", RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
         OutputDataConfig={"S3OutputPath": "s3://ic-out/jobs"}, StoppingCondition={"MaxRuntimeInSeconds": 60},
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 10})
     args = deploy.build_parser().parse_args(["--training-job", "t-42"])
@@ -95,11 +98,13 @@ def operations(received) -> list[str]:
 
 def test_two_variants_get_a_model_each_and_their_weights(aws, received, capsys):
     sm().create_training_job(
-        TrainingJobName="t-ab", RoleArn=ROLE, AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        TrainingJobName="t-ab", RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
         OutputDataConfig={"S3OutputPath": "s3://ic-out/jobs"}, StoppingCondition={"MaxRuntimeInSeconds": 60},
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 10})
     job_data = sm().describe_training_job(TrainingJobName="t-ab")["ModelArtifacts"]["S3ModelArtifacts"]
-    code, result = run(capsys, "--name", "ic-ab", *BASE, "--variant", f"current={MODEL_DATA}:3", "--variant", "new=t-ab:1",
+    code, result = run(capsys, "--name", "ic-ab", *BASE, "--variant", f"current={MODEL_DATA}:3",
+                       "--variant", "new=t-ab:1",
                        "--env", "MODEL_SERVER_WORKERS=2")
     assert code == 0
     config = sm().describe_endpoint_config(EndpointConfigName=result[0]["EndpointConfigName"])["ProductionVariants"]
@@ -139,7 +144,8 @@ def test_autoscaling_registers_each_variant_once_the_endpoint_is_in_service(aws,
 
 
 def test_delete_deregisters_the_scalable_targets_before_the_endpoint(aws, received, capsys):
-    code, _ = run(capsys, "--name", "ic-scale-del", *BASE, "--variant", f"a={MODEL_DATA}", "--variant", f"b={MODEL_DATA}",
+    code, _ = run(capsys, "--name", "ic-scale-del", *BASE, "--variant", f"a={MODEL_DATA}",
+                  "--variant", f"b={MODEL_DATA}",
                   "--autoscale", "1:3", "--target-invocations", "60",
                   "--scale-in-cooldown", "900", "--scale-out-cooldown", "120")
     assert code == 0
@@ -191,11 +197,13 @@ def exit_code(*args) -> int:
     (["--model-data", MODEL_DATA, "--env", "MODEL_SERVER_WORKERS"], "KEY=VALUE"),
     (["--model-data", MODEL_DATA, "--serverless", "2048:10", "--autoscale", "1:2", "--target-invocations", "100"],
      "scales by itself"),
-    (["--model-data", MODEL_DATA, "--serverless", "2048:10", "--instance-type", "ml.c5.xlarge", "--instance-count", "2"],
+    (["--model-data", MODEL_DATA, "--serverless", "2048:10", "--instance-type", "ml.c5.xlarge",
+      "--instance-count", "2"],
      "leave out --instance-type, --instance-count"),
     (["--model-data", MODEL_DATA, "--serverless", "1500:10"], "memory must be one of 1024, 2048"),
     (["--model-data", MODEL_DATA, "--serverless", "2048:201"], "max concurrency must be 1-200"),
-    (["--variant", f"a={MODEL_DATA}", "--variant", f"b={MODEL_DATA}", "--serverless", "2048:5"], "one production variant"),
+    (["--variant", f"a={MODEL_DATA}", "--variant", f"b={MODEL_DATA}", "--serverless", "2048:5"],
+     "one production variant"),
     (["--model-data", MODEL_DATA, "--autoscale", "3:2", "--target-invocations", "100"], "MIN must not exceed MAX"),
     (["--model-data", MODEL_DATA, "--autoscale", "0:2", "--target-invocations", "100"], "MIN must be at least 1"),
     (["--model-data", MODEL_DATA, "--autoscale", "1:2"], "needs --target-invocations"),
@@ -254,3 +262,14 @@ def test_long_names_fit_in_63_characters_and_stay_apart(aws, capsys):
     assert code == 0
     names = [result[0]["EndpointConfigName"], *result[0]["ModelNames"]]
     assert all(len(n) <= 63 for n in names) and len(set(names)) == 3
+
+
+def test_an_endpoint_that_fails_is_an_error_with_its_failure_reason():
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", {
+            "EndpointName": "ic", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/ic",
+            "EndpointStatus": "Failed", "FailureReason": "the container did not answer /ping",
+            "CreationTime": "2026-01-01", "LastModifiedTime": "2026-01-01"}, {"EndpointName": "ic"})
+        with pytest.raises(deploy.DeployError, match="it is Failed, failure reason: the container did not answer"):
+            deploy.wait_in_service(client, "ic")

@@ -1,4 +1,5 @@
-"""ECR against moto_server, and scripts/build_and_push.sh with a recording `docker` (moto has no registry to push to)."""
+"""ECR against moto_server, and scripts/build_and_push.sh with a recording `docker` (moto has no registry to
+push to)."""
 
 import os
 import stat

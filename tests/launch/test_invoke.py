@@ -17,8 +17,9 @@ PREDICTIONS = [{"label": "Affenpinscher", "class_id": 0, "probability": 0.93},
 
 @pytest.fixture
 def photo(tmp_path):
-    import sklearn.datasets
     from pathlib import Path
+
+    import sklearn.datasets
 
     path = tmp_path / "photo.jpg"
     path.write_bytes((Path(sklearn.datasets.__file__).parent / "images" / "china.jpg").read_bytes())
@@ -125,11 +126,13 @@ def serverless_endpoint(name: str):
                     PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1",
                                       "ModelDataUrl": "s3://ic-out/model.tar.gz"})
     sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": name, "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}])
+        "VariantName": "AllTraffic", "ModelName": name,
+        "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}])
     sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
 
 
-def test_a_body_over_4_mb_is_refused_for_a_serverless_endpoint_as_describe_endpoint_says(aws, received, capsys, tmp_path):
+def test_a_body_over_4_mb_is_refused_for_a_serverless_endpoint_as_describe_endpoint_says(aws, received, capsys,
+                                                                                         tmp_path):
     serverless_endpoint("ic-sl-payload")
     request = json_file(tmp_path / "request.json", invoke.SERVERLESS_MAX_BYTES + 1)
     assert invoke.main([str(request), "--endpoint", "ic-sl-payload", "--region", "us-east-1"]) == 2
@@ -147,7 +150,8 @@ def test_a_body_over_4_mb_goes_to_an_endpoint_not_known_serverless(aws, received
         sm.create_model(ModelName=endpoint, ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
                         PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serve:1"})
         sm.create_endpoint_config(EndpointConfigName=endpoint, ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": endpoint, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+            "VariantName": "AllTraffic", "ModelName": endpoint, "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1}])
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
     queue(aws, {"Body": json.dumps({"predictions": [PREDICTIONS]}), "ContentType": "application/json"})
     request = json_file(tmp_path / "request.json", invoke.SERVERLESS_MAX_BYTES + 1)

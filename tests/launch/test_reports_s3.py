@@ -20,7 +20,8 @@ def output_archive(extra: dict[str, bytes] | None = None) -> bytes:
                for i in range(20)]
     files = {f"{PROFILER_OUTPUT_DIR}/{STEPS_FILE}": "\n".join(json.dumps(s) for s in steps).encode(),
              f"{PROFILER_OUTPUT_DIR}/{SYSTEM_FILE}": "\n".join(json.dumps(s) for s in samples).encode(),
-             f"{PROFILER_OUTPUT_DIR}/{JOB_FILE}": json.dumps({"job_start": 95.0, "num_workers": 2, "cores": 2}).encode(),
+             f"{PROFILER_OUTPUT_DIR}/{JOB_FILE}":
+                 json.dumps({"job_start": 95.0, "num_workers": 2, "cores": 2}).encode(),
              **(extra or {})}
     return tar_gz(files)
 

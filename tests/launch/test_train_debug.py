@@ -7,8 +7,9 @@ import pytest
 
 from image_classifier.debugging.hook import HOOK_CONFIG_FILE, hook_config
 from image_classifier.launch import metrics, train_debug
-
-from tests.launch.common import ROLE, TRAIN_IMAGE as IMAGE, TRAINING_ARGS as BASE, launch, tar_gz
+from tests.launch.common import ROLE, launch, tar_gz
+from tests.launch.common import TRAIN_IMAGE as IMAGE
+from tests.launch.common import TRAINING_ARGS as BASE
 
 
 def run(capsys, *args) -> tuple[int, dict]:
@@ -58,7 +59,8 @@ def test_builtin_rules(aws, capsys):
     assert [r["RuleConfigurationName"] for r in rules] == [
         "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization"]
     for rule in rules:
-        assert rule["RuleEvaluatorImage"] == "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
+        assert rule["RuleEvaluatorImage"] == \
+            "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
         assert rule["RuleParameters"] == {"rule_to_invoke": rule["RuleConfigurationName"]}
     assert result["outputs"]["ProfilerReport"] == "s3://ic-out/jobs/ic-debug-rules/rule-output/ProfilerReport/profiler-output/"
 

@@ -7,8 +7,9 @@ import pytest
 from botocore.stub import Stubber
 
 from image_classifier.launch import metrics, tune
-
-from tests.launch.common import ROLE, TRAIN_IMAGE as IMAGE, TRAINING_ARGS as BASE, launch
+from tests.launch.common import ROLE, launch
+from tests.launch.common import TRAIN_IMAGE as IMAGE
+from tests.launch.common import TRAINING_ARGS as BASE
 
 
 def run(capsys, *args) -> tuple[int, dict]:
@@ -121,9 +122,10 @@ def test_training_jobs_table_all_pages():
     summary = {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/t", "CreationTime": "2026-01-01",
                "TrainingJobStatus": "Completed", "TunedHyperParameters": {"lr": "0.01"}}
     with Stubber(sm) as stub:
-        stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"NextToken": "p2", "TrainingJobSummaries": [
-            {**summary, "TrainingJobName": "t-2", "FinalHyperParameterTuningJobObjectiveMetric": {
-                "MetricName": "valid_accuracy", "Value": 0.91}}]}, {"HyperParameterTuningJobName": "ic"})
+        stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {
+            "NextToken": "p2", "TrainingJobSummaries": [{
+                **summary, "TrainingJobName": "t-2", "FinalHyperParameterTuningJobObjectiveMetric": {
+                    "MetricName": "valid_accuracy", "Value": 0.91}}]}, {"HyperParameterTuningJobName": "ic"})
         stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": [
             {**summary, "TrainingJobName": "t-1", "TrainingJobStatus": "Failed"}]},
             {"HyperParameterTuningJobName": "ic", "NextToken": "p2"})

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from image_classifier.launch import update_endpoint
-from image_classifier.launch.update_endpoint import PREVIOUS_CONFIG_TAG, previous_config
+from image_classifier.launch.history import PREVIOUS_CONFIG_TAG, previous_config
 
 from .common import refuse
 

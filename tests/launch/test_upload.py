@@ -34,7 +34,8 @@ def test_uploads_then_skips_then_sends_only_what_changed(bucket, digit_tree, tmp
     changed = sorted(tree.rglob("*.png"))[0]
     changed.write_bytes(changed.read_bytes() + b"\0")
     assert upload.main([str(tree), "s3://ic-upload-test/sets/digits"]) == 0
-    assert f"uploaded 1 file(s) ({changed.stat().st_size} bytes), skipped {len(expected) - 1}" in capsys.readouterr().out
+    assert (f"uploaded 1 file(s) ({changed.stat().st_size} bytes), skipped {len(expected) - 1}"
+            in capsys.readouterr().out)
 
 
 def test_multipart_etag_matches_s3s(bucket, tmp_path):

@@ -34,8 +34,10 @@ import boto3
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
-from image_classifier.launch.common import DryRun, parse_static, sending_nothing
+from image_classifier.launch.common import parse_static
 from image_classifier.launch.deploy import model_data_of
+from image_classifier.launch.dry_run import DryRun
+from image_classifier.launch.exit_codes import CLIENT_ERROR, FAILED, INTERRUPTED, LAUNCHER, aws_error, exit_on
 from image_classifier.launch.upload import parse_s3_uri
 from image_classifier.sagemaker_env import SageMakerEnv, execution_parameters
 from image_classifier.serving import content_types
@@ -47,7 +49,7 @@ OUT_SUFFIX = ".out"  # what Batch Transform appends to each input object's name
 # the API's names for the container's /execution-parameters BatchStrategy values
 BATCH_STRATEGIES = {"SINGLE_RECORD": "SingleRecord", "MULTI_RECORD": "MultiRecord"}
 FINAL_STATUSES = ("Completed", "Failed", "Stopped")
-OPERATIONS = ("CreateModel", "CreateTransformJob")
+CREATING = {"sagemaker": ("CreateModel", "CreateTransformJob")}  # what a dry run records instead of sending
 
 
 @dataclass(frozen=True)
@@ -237,16 +239,12 @@ def run(args: argparse.Namespace, boto_session: boto3.Session) -> int:
     job_request = transform_job_request(args, model_name, job_name, settings,
                                         parse_static(args.env) if args.model_name else {})
     if args.dry_run:
-        requests = []
-        with sending_nothing(boto_session, OPERATIONS):
-            sm = boto_session.client("sagemaker")  # a client takes the session's handlers when made
-            for operation, request in (("create_model", model_request), ("create_transform_job", job_request)):
-                if request is not None:
-                    try:
-                        getattr(sm, operation)(**request)
-                    except DryRun as dry:
-                        requests.append({dry.operation: dry.params})
-        print(json.dumps(requests, indent=2))
+        dry_run = DryRun(boto_session, CREATING)
+        sm = boto_session.client("sagemaker")  # made after the DryRun: a client takes the session's handlers
+        for operation, request in (("create_model", model_request), ("create_transform_job", job_request)):
+            if request is not None:
+                getattr(sm, operation)(**request)
+        print(json.dumps([{r.operation: r.params} for r in dry_run.requests], indent=2))
         print(f"{len(inputs)} object(s) under {args.input} would be transformed")
         return 0
     if model_request is not None:
@@ -267,7 +265,7 @@ def run(args: argparse.Namespace, boto_session: boto3.Session) -> int:
         print(f"\nstopped waiting; the job goes on. Gather later with: batch_transform.py --gather {job_name} "
               f"--results {args.results}; stop it with: aws sagemaker stop-transform-job "
               f"--transform-job-name {job_name}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return _report(job, *gather(s3, inputs, args.output, args.results), args.results)
 
 
@@ -301,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--name", default="image-classifier", help="prefix of the job's and model's names")
     parser.add_argument("--job-name", help="the transform job's name (default: NAME-<timestamp>)")
-    parser.add_argument("--model-name", help="an existing SageMaker Model (e.g. one deploy.py made) instead of a new one")
+    parser.add_argument("--model-name",
+                        help="an existing SageMaker Model (e.g. one deploy.py made) instead of a new one")
     parser.add_argument("--image", help="serving image URI in ECR (for a new Model)")
     parser.add_argument("--role", help="IAM role ARN the Model runs as (for a new Model)")
     source = parser.add_mutually_exclusive_group()
@@ -319,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on({**LAUNCHER, CLIENT_ERROR: (FAILED, aws_error)})
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
@@ -326,12 +326,4 @@ def main(argv: list[str] | None = None) -> int:
     if not args.gather and not (args.input and args.output):
         parser.error("give --input and --output (or --gather JOB)")
     boto_session = boto3.Session(region_name=args.region)
-    try:
-        return gather_job(args, boto_session) if args.gather else run(args, boto_session)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        print(f"error: {error.get('Code', 'error')}: {error.get('Message', exc)}", file=sys.stderr)
-        return 1
+    return gather_job(args, boto_session) if args.gather else run(args, boto_session)

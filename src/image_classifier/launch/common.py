@@ -1,52 +1,8 @@
-"""What the launchers share: dry runs that send nothing, and KEY=VALUE arguments."""
+"""What the launchers share: KEY=VALUE arguments, counts, and the arguments of a training job."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-from typing import Any
-
-import boto3
-
-VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"  # the SDK v3 checks the role with IAM unless "false"
-
-
-class DryRun(Exception):
-    """Raised in place of sending a request: carries the request's parameters."""
-
-    def __init__(self, operation: str, params: dict[str, Any]):
-        super().__init__(operation)
-        self.operation, self.params = operation, params
-
-
-def intercept(boto_session: boto3.Session, operation: str) -> None:
-    """Make every `sagemaker` client of `boto_session` raise DryRun instead of sending `operation`.
-
-    The request is taken just before it would be sent, after botocore validated and serialised
-    it: the DryRun's params are the API request (PascalCase), ready for the same boto3 call.
-    """
-    def handler(params, **_):
-        raise DryRun(operation, json.loads(params["body"]))
-
-    boto_session.events.register(f"before-call.sagemaker.{operation}", handler)
-
-
-@contextlib.contextmanager
-def sending_nothing(boto_session: boto3.Session, operations: tuple[str, ...]):
-    """A dry run: the `operations` raise DryRun, and the SDK's role check (IAM calls) is off."""
-    for operation in operations:
-        intercept(boto_session, operation)
-    previous = os.environ.get(VALIDATE_ROLE_ENV)
-    os.environ[VALIDATE_ROLE_ENV] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[VALIDATE_ROLE_ENV]
-        else:
-            os.environ[VALIDATE_ROLE_ENV] = previous
 
 
 def parse_static(pairs: list[str]) -> dict[str, str]:

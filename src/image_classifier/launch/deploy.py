@@ -2,9 +2,10 @@
 
 Creates one Model per production variant (the serving image and its `model.tar.gz`), an
 EndpointConfig holding the variants (instances, or `--serverless` memory and concurrency; each
-variant's share of the traffic) and an Endpoint, with the SageMaker SDK v3's
-`sagemaker.core.resources`; `--autoscale` then gives each variant a target-tracking policy
-(launch/autoscaling.py). Every argument is checked before anything is created, and a failure
+variant's share of the traffic) and an Endpoint, with boto3's SageMaker client, the one API of
+these resources (create, describe, wait, delete); `--autoscale` then gives each variant a
+target-tracking policy (launch/autoscaling.py). `--dry-run` records the requests instead of
+sending them (launch/dry_run.py). Every argument is checked before anything is created, and a failure
 midway deletes what the run had created. `--delete` removes the scaling, the endpoint, its
 config and its models, in that order.
 """
@@ -15,24 +16,29 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import boto3
 from botocore import xform_name
-from botocore.exceptions import ClientError
-from botocore.validate import validate_parameters
+from botocore.exceptions import ClientError, WaiterError
 
 from image_classifier.launch import autoscaling, variants
-from image_classifier.launch.common import DryRun, parse_static, positive_int, sending_nothing
+from image_classifier.launch.common import parse_static, positive_int
+from image_classifier.launch.dry_run import DryRun
+from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on, one_line
+from image_classifier.launch.history import kept_configs
 from image_classifier.launch.variants import Serverless, Variant
 
 logger = logging.getLogger(__name__)
 
-OPERATIONS = ("CreateModel", "CreateEndpointConfig", "CreateEndpoint")
+# what a dry run records instead of sending, by service
+CREATING = {"sagemaker": ("CreateModel", "CreateEndpointConfig", "CreateEndpoint"),
+            "application-autoscaling": ("RegisterScalableTarget", "PutScalingPolicy")}
+DELETING = {"sagemaker": ("DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"),
+            "application-autoscaling": ("DeregisterScalableTarget",)}
+WAIT_POLL, WAIT_ATTEMPTS = 5, 720  # DescribeEndpoint every 5 s, for up to an hour
 VARIANT = "AllTraffic"  # the one variant of --model-data / --training-job
 INSTANCE_TYPE, INSTANCE_COUNT, STARTUP_TIMEOUT = "ml.m5.large", 1, 600  # instance variants' defaults
 
@@ -206,24 +212,35 @@ def _scaling(args: argparse.Namespace) -> autoscaling.Scaling | None:
     return autoscaling.Scaling(*args.autoscale, args.target_invocations, scale_in, scale_out)
 
 
-def _placement(chosen: Plan) -> dict[str, Any]:
-    """A ProductionVariant's fields for where it runs: a ServerlessConfig, or instances."""
-    from sagemaker.core.shapes import ProductionVariantServerlessConfig
-
+def _variant(variant: Variant, model: str, chosen: Plan) -> dict[str, Any]:
+    """A ProductionVariant of CreateEndpointConfig: `variant` on `model`, on instances or serverless."""
+    request: dict[str, Any] = {"VariantName": variant.name, "ModelName": model}
     if chosen.serverless:
-        return {"serverless_config": ProductionVariantServerlessConfig(
-            memory_size_in_mb=chosen.serverless.memory_mb, max_concurrency=chosen.serverless.max_concurrency)}
-    return {"instance_type": chosen.instance_type, "initial_instance_count": chosen.instance_count,
-            "container_startup_health_check_timeout_in_seconds": chosen.startup_timeout}
+        return {**request, "InitialVariantWeight": variant.weight, "ServerlessConfig": {
+            "MaxConcurrency": chosen.serverless.max_concurrency, "MemorySizeInMB": chosen.serverless.memory_mb}}
+    return {**request, "InitialInstanceCount": chosen.instance_count, "InstanceType": chosen.instance_type,
+            "InitialVariantWeight": variant.weight,
+            "ContainerStartupHealthCheckTimeoutInSeconds": chosen.startup_timeout}
 
 
-def _serverless_memory_key(params: dict[str, Any], **_) -> None:
-    """sagemaker-core sends `memory_size_in_mb` as "MemorySizeInMb", which botocore refuses for
-    "MemorySizeInMB" (https://github.com/aws/sagemaker-core/issues/225): rename it first."""
-    for variant in params.get("ProductionVariants", []):
-        config = variant.get("ServerlessConfig", {})
-        if "MemorySizeInMb" in config:
-            config["MemorySizeInMB"] = config.pop("MemorySizeInMb")
+def _steps(args: argparse.Namespace, chosen: Plan, model_data: dict[str, str],
+           config_name: str) -> list[tuple[tuple[str, str], str, dict[str, Any]]]:
+    """The SageMaker requests that create the Models (`model_data`: name → S3 URI, in the variants'
+    order), the EndpointConfig and the Endpoint: each as (the (kind, name) it creates, the client
+    method, its parameters)."""
+    steps = []
+    for model, url in model_data.items():
+        container = {"Image": args.image, "ModelDataUrl": url}
+        if chosen.environment:
+            container["Environment"] = chosen.environment
+        steps.append((("model", model), "create_model",
+                      {"ModelName": model, "PrimaryContainer": container, "ExecutionRoleArn": args.role}))
+    steps.append((("endpoint config", config_name), "create_endpoint_config", {
+        "EndpointConfigName": config_name,
+        "ProductionVariants": [_variant(v, model, chosen) for v, model in zip(chosen.variants, model_data)]}))
+    steps.append((("endpoint", args.name), "create_endpoint",
+                  {"EndpointName": args.name, "EndpointConfigName": config_name}))
+    return steps
 
 
 def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[str, Any]]:
@@ -236,74 +253,53 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
 
     Raises:
         ValueError: the arguments (nothing is sent), or a training job without artifacts.
-        DeployError: a request failed; what the run had created is deleted.
+        DeployError: a request failed, or the endpoint did not reach InService; what the run had
+            created is deleted.
     """
     chosen = plan(args)
     suffix = time.strftime("%Y%m%d-%H%M%S")
     config_name = variants.resource_name(args.name, suffix)
     models = [variants.resource_name(f"{args.name}-{v.name}", suffix) for v in chosen.variants]
+    dry_run = DryRun(boto_session, CREATING) if args.dry_run else None  # before the clients are made
     sm = boto_session.client("sagemaker")
     data = [model_data_url(sm, v.source) for v in chosen.variants]
-    boto_session.events.register("before-parameter-build.sagemaker.CreateEndpointConfig", _serverless_memory_key)
-    steps = _steps(args, chosen, boto_session, dict(zip(models, data)), config_name)
+    steps = _steps(args, chosen, dict(zip(models, data)), config_name)
     scaling = [request for v in chosen.variants
                for request in autoscaling.requests(args.name, v.name, chosen.scaling)] if chosen.scaling else []
-    if args.dry_run:
-        return _dry_run(boto_session, [step for _, step in steps], scaling)
     created: list[tuple[str, str]] = []  # (kind, name), oldest first
     try:
-        for resource, step in steps:
-            made = step()
+        for resource, method, params in steps:
+            getattr(sm, method)(**params)
             created.append(resource)
-        if args.wait:
-            made.wait_for_status("InService")  # the Endpoint, made last
+        if args.wait and not dry_run:
+            wait_in_service(sm, args.name)
         client = boto_session.client("application-autoscaling")
         for operation, params in scaling:
             getattr(client, xform_name(operation))(**params)
             if operation == "RegisterScalableTarget":
                 created.append(("scalable target", params["ResourceId"]))
     except Exception as exc:
-        raise DeployError(f"{' '.join(str(exc).split())}; {roll_back(boto_session, created)}") from exc
+        raise DeployError(f"{one_line(exc)}; {roll_back(boto_session, [] if dry_run else created)}") from exc
+    if dry_run:
+        return dry_run.params()
     return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelNames": models,
              "ScalableTargets": [name for kind, name in created if kind == "scalable target"]}]
 
 
-def _steps(args: argparse.Namespace, chosen: Plan, boto_session: boto3.Session, model_data: dict[str, str],
-           config_name: str) -> list[tuple[tuple[str, str], partial]]:
-    """The SDK calls that create the Models (`model_data`: name → S3 URI, in the variants' order),
-    the EndpointConfig and the Endpoint, each with the (kind, name) of what it creates."""
-    from sagemaker.core.resources import Endpoint, EndpointConfig, Model
-    from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
+def wait_in_service(sm, name: str) -> None:
+    """Wait until endpoint `name` is InService (boto3's waiter, a DescribeEndpoint every WAIT_POLL s).
 
-    common = {"session": boto_session, "region": boto_session.region_name}
-    steps = [(("model", model), partial(
-        Model.create, model_name=model, execution_role_arn=args.role, **common, primary_container=ContainerDefinition(
-            image=args.image, model_data_url=url, environment=chosen.environment)))
-        for model, url in model_data.items()]
-    steps.append((("endpoint config", config_name), partial(
-        EndpointConfig.create, endpoint_config_name=config_name, **common, production_variants=[
-            ProductionVariant(variant_name=v.name, model_name=model, initial_variant_weight=v.weight,
-                              **_placement(chosen))
-            for v, model in zip(chosen.variants, model_data)])))
-    steps.append((("endpoint", args.name), partial(
-        Endpoint.create, endpoint_name=args.name, endpoint_config_name=config_name, **common)))
-    return steps
-
-
-def _dry_run(boto_session: boto3.Session, steps: list, scaling: list[tuple[str, dict]]) -> list[dict[str, Any]]:
-    """The SageMaker requests the `steps` would send, then the `scaling` ones, checked by botocore; nothing is sent."""
-    requests = []
-    with sending_nothing(boto_session, OPERATIONS):
-        for step in steps:
-            try:
-                step()
-            except DryRun as request:
-                requests.append(request.params)
-    service = boto_session.client("application-autoscaling").meta.service_model
-    for operation, params in scaling:
-        validate_parameters(params, service.operation_model(operation).input_shape)
-        requests.append(params)
-    return requests
+    Raises:
+        DeployError: the endpoint failed (with SageMaker's FailureReason), or is not InService after
+            WAIT_ATTEMPTS polls.
+    """
+    try:
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName=name, WaiterConfig={"Delay": WAIT_POLL, "MaxAttempts": WAIT_ATTEMPTS})
+    except WaiterError as exc:
+        last = exc.last_response or {}
+        raise DeployError(f"endpoint {name} did not reach InService: it is {last.get('EndpointStatus', '?')}, "
+                          f"failure reason: {last.get('FailureReason', last.get('Error', '(none given)'))}") from exc
 
 
 def roll_back(boto_session: boto3.Session, created: list[tuple[str, str]]) -> str:
@@ -327,31 +323,11 @@ def roll_back(boto_session: boto3.Session, created: list[tuple[str, str]]) -> st
     return said + (f"; still there, delete by hand: {', '.join(left)}" if left else "")
 
 
-def kept_configs(sm, config_name: str) -> list[str]:
-    """`config_name`, then the configs update_endpoint.py kept for rollback behind it, newest first.
-
-    Follows the tag `update_endpoint.PREVIOUS_CONFIG_TAG` from config to config; stops at a
-    config without it, at one already deleted, or at a loop.
-    """
-    from image_classifier.launch.update_endpoint import previous_config
-
-    chain = [config_name]
-    while True:
-        try:
-            previous = previous_config(sm, chain[-1])
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ValidationException":  # not found
-                raise
-            return chain[:-1]
-        if previous is None or previous in chain:
-            return chain
-        chain.append(previous)
-
-
 def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[str, Any]]:
     """Deregister the variants' scalable targets, then delete the endpoint, its config with the
     configs kept for rollback behind it (`kept_configs`), and their models, in the order AWS
     documents; returns what was deleted (the requests on a dry run)."""
+    dry_run = DryRun(boto_session, DELETING) if args.dry_run else None  # before the clients are made
     sm, scaling = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
     config_name = sm.describe_endpoint(EndpointName=args.name)["EndpointConfigName"]
     variants = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
@@ -364,31 +340,25 @@ def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
     steps += [(sm, "DeleteEndpoint", {"EndpointName": args.name})]
     steps += [(sm, "DeleteEndpointConfig", {"EndpointConfigName": name}) for name in configs]
     steps += [(sm, "DeleteModel", {"ModelName": model}) for model in models]
-    if args.dry_run:
-        return [params for _, _, params in steps]
     for client, operation, params in steps:
         try:
             getattr(client, xform_name(operation))(**params)
         except ClientError as exc:  # a model another endpoint's cleanup took already: nothing left to do
             if operation != "DeleteModel" or exc.response.get("Error", {}).get("Code") != "ValidationException":
                 raise
-        if operation == "DeleteEndpoint" and args.wait:
+        if operation == "DeleteEndpoint" and args.wait and not dry_run:
             sm.get_waiter("endpoint_deleted").wait(EndpointName=args.name)
+    if dry_run:
+        return dry_run.params()
     return [{"EndpointName": args.name, "EndpointConfigName": config_name, "EndpointConfigNames": configs,
              "ModelNames": models, "ScalableTargets": targets}]
 
 
+@exit_on({**LAUNCHER, DeployError: (FAILED, one_line)})
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     boto_session = boto3.Session(region_name=args.region)
-    try:
-        result = delete(args, boto_session) if args.delete else create(args, boto_session)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (DeployError, ClientError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    result = delete(args, boto_session) if args.delete else create(args, boto_session)
     print(json.dumps(result, indent=2, default=str))
     return 0

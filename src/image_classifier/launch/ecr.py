@@ -13,6 +13,8 @@ import sys
 
 import boto3
 
+from image_classifier.launch.exit_codes import LAUNCHER, exit_on
+
 
 def ensure_repositories(ecr_client, names: list[str]) -> str:
     """Create the repositories that do not exist yet; return the registry host
@@ -34,10 +36,11 @@ def registry_of(sts_client, region: str) -> str:
 def login_password(ecr_client) -> str:
     """The password for `docker login --username AWS` (GetAuthorizationToken, base64 of `AWS:<password>`)."""
     token = ecr_client.get_authorization_token()["authorizationData"][0]["authorizationToken"]
-    user, _, password = base64.b64decode(token).decode().partition(":")
+    _user, _, password = base64.b64decode(token).decode().partition(":")
     return password
 
 
+@exit_on(LAUNCHER)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m image_classifier.launch.ecr", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("repositories", "registry", "password"))

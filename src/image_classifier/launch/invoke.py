@@ -20,14 +20,15 @@ from typing import NamedTuple
 import boto3
 from botocore.exceptions import ClientError
 
-from image_classifier.cli import content_type_for, format_answer
+from image_classifier.client import content_type_for, format_answer
+from image_classifier.launch.exit_codes import BOTOCORE_ERROR, CLIENT_ERROR, FAILED, USAGE, exit_on, one_line
 from image_classifier.serving import content_types
 
 logger = logging.getLogger(__name__)
 
 REALTIME_MAX_BYTES = 6 * 1024 * 1024  # 6,291,456
 SERVERLESS_MAX_BYTES = 4 * 1024 * 1024  # 4,194,304
-EXIT_PAYLOAD_REFUSED = 2
+EXIT_PAYLOAD_REFUSED = USAGE
 
 
 class Answer(NamedTuple):
@@ -106,6 +107,8 @@ def describe_error(exc: ClientError) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
 
 
+@exit_on({PayloadTooLarge: EXIT_PAYLOAD_REFUSED, CLIENT_ERROR: (FAILED, describe_error),
+          BOTOCORE_ERROR: (FAILED, one_line), OSError: FAILED})
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="predict.py", description=__doc__.splitlines()[0],
@@ -120,24 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     args = parser.parse_args(argv)
     session = boto3.Session(region_name=args.region)
-    try:
-        check_payload(args.image, args.endpoint, None if args.dry_run else session.client("sagemaker"))
-        if args.dry_run:
-            size = args.image.stat().st_size
-            print(json.dumps({**headers_for(args.endpoint, args.image, args.top_k, args.target_variant),
-                              "Body": f"<{size} bytes of {args.image}>"}, indent=2))
-            return 0
-        answer = invoke(session.client("sagemaker-runtime"), args.endpoint, args.image, args.top_k,
-                        args.target_variant)
-    except PayloadTooLarge as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_PAYLOAD_REFUSED
-    except ClientError as exc:
-        print(f"error: {describe_error(exc)}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    check_payload(args.image, args.endpoint, None if args.dry_run else session.client("sagemaker"))
+    if args.dry_run:
+        size = args.image.stat().st_size
+        print(json.dumps({**headers_for(args.endpoint, args.image, args.top_k, args.target_variant),
+                          "Body": f"<{size} bytes of {args.image}>"}, indent=2))
+        return 0
+    answer = invoke(session.client("sagemaker-runtime"), args.endpoint, args.image, args.top_k, args.target_variant)
     if answer.variant:
         print(f"answered by variant {answer.variant}", file=sys.stderr)
     print(format_answer(answer.predictions))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from image_classifier.models import MODEL_NAMES
 from image_classifier.training.config import TrainConfig
@@ -49,7 +49,7 @@ class CategoricalRange:
     values: tuple[str, ...]
 
 
-Range = Union[ContinuousRange, IntegerRange, CategoricalRange]
+Range = ContinuousRange | IntegerRange | CategoricalRange
 
 DEFAULT_RANGES: tuple[Range, ...] = (
     ContinuousRange("lr", 0.001, 0.1, "Logarithmic"),

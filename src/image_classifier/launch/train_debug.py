@@ -1,11 +1,11 @@
-"""Start one SageMaker training job with debugging and profiling on (SageMaker SDK v3 `TrainingJob.create`).
+"""Start one SageMaker training job with debugging and profiling on (boto3 CreateTrainingJob).
 
 The job runs the training image with the given (or a tuning job's best) hyperparameters plus
 `debug=true profile=true`: the container's smdebug hook, the project's own rules and profiler,
 and the debugger and profiler reports in `output.tar.gz`, in any account. The request also
 carries the common `DebugHookConfig` (`debugging.hook.hook_config`, the one the container
 uses); `--builtin-rules` adds AWS's built-in rules and ProfilerReport, which run only in
-accounts that still have SageMaker Debugger.
+accounts that still have SageMaker Debugger (their configurations from the SageMaker SDK v3).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
@@ -23,14 +22,16 @@ import boto3
 
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, TENSORS_DIR, hook_config
 from image_classifier.launch import metrics
-from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
+from image_classifier.launch.common import add_training_job_arguments, parse_static
+from image_classifier.launch.dry_run import DryRun
+from image_classifier.launch.exit_codes import LAUNCHER, USAGE, exit_on
 from image_classifier.launch.tune import CHANNELS, default_job_name
 from image_classifier.launch.upload import parse_s3_uri
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP
 
 logger = logging.getLogger(__name__)
 
-CREATE_OPERATION = "CreateTrainingJob"
+CREATING = {"sagemaker": ("CreateTrainingJob",)}  # what a dry run records instead of sending
 TERMINAL = ("Completed", "Failed", "Stopped")
 CONTAINER_TENSORS = "/opt/ml/output/tensors"  # smdebug's LocalPath on SageMaker
 # The hooks, rules and reports assume one training process: no torchrun on a multi-GPU instance.
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter, over --best's (repeatable)")
     parser.add_argument("--builtin-rules", action="store_true",
-                        help="also AWS's built-in rules (%s) and ProfilerReport" % ", ".join(BUILTIN_RULES))
+                        help=f"also AWS's built-in rules ({', '.join(BUILTIN_RULES)}) and ProfilerReport")
     parser.add_argument("--job-name", default=None, help="training job name (default: ic-<time>-<random>)")
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
@@ -85,78 +86,77 @@ def job_paths(output: str, job_name: str) -> dict[str, str]:
 
 
 def training_job_request(args: argparse.Namespace, job_name: str, region: str) -> dict[str, Any]:
-    """The keyword arguments of `sagemaker.core.resources.TrainingJob.create` (shapes) for `args`.
+    """The CreateTrainingJob request for `args` (the API's PascalCase shapes, as boto3 takes them).
 
     Raises:
         ValueError: --instance-count above 1 (debugging and profiling run in one process).
     """
-    from sagemaker.core.debugger import ProfilerRule, Rule, get_rule_container_image_uri, rule_configs
-    from sagemaker.core.shapes import (AlgorithmSpecification, Channel, CollectionConfiguration, DataSource,
-                                       DebugHookConfig, DebugRuleConfiguration, MetricDefinition, OutputDataConfig,
-                                       ProfilerConfig, ProfilerRuleConfiguration, ResourceConfig, S3DataSource,
-                                       StoppingCondition)
-
     if args.instance_count != 1:
         raise ValueError(f"--instance-count {args.instance_count}: a debug job trains in one process on one "
                          f"instance (the debugger's hook and rules and the profiler assume one); use 1")
     data, output = args.data.rstrip("/"), args.output.rstrip("/")
-    paths = job_paths(output, job_name)
-    hook = hook_config(CONTAINER_TENSORS, paths["tensors"])
-    request: dict[str, Any] = dict(
-        training_job_name=job_name, role_arn=args.role, hyper_parameters=hyperparameters_of(args),
-        algorithm_specification=AlgorithmSpecification(
-            training_image=args.image, training_input_mode="File",
-            metric_definitions=[MetricDefinition(name=d["Name"], regex=d["Regex"])
-                                for d in metrics.metric_definitions()]),
-        input_data_config=[Channel(channel_name=c, data_source=DataSource(s3_data_source=S3DataSource(
-            s3_data_type="S3Prefix", s3_uri=f"{data}/{c}", s3_data_distribution_type="FullyReplicated")))
+    hook = hook_config(CONTAINER_TENSORS, job_paths(output, job_name)["tensors"])
+    request: dict[str, Any] = {
+        "TrainingJobName": job_name, "HyperParameters": hyperparameters_of(args),
+        "AlgorithmSpecification": {
+            "TrainingInputMode": "File", "TrainingImage": args.image,
+            "MetricDefinitions": [{"Name": d["Name"], "Regex": d["Regex"]} for d in metrics.metric_definitions()]},
+        "RoleArn": args.role,
+        "InputDataConfig": [{"ChannelName": c, "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"{data}/{c}", "S3DataDistributionType": "FullyReplicated"}}}
             for c in CHANNELS],
-        output_data_config=OutputDataConfig(s3_output_path=output),
-        resource_config=ResourceConfig(instance_type=args.instance_type, instance_count=args.instance_count,
-                                       volume_size_in_gb=50),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=args.max_runtime),
-        debug_hook_config=DebugHookConfig(
-            local_path=hook["LocalPath"], s3_output_path=hook["S3OutputPath"], hook_parameters=hook["HookParameters"],
-            collection_configurations=[
-                CollectionConfiguration(collection_name=c["CollectionName"],
-                                        collection_parameters=c["CollectionParameters"])
-                for c in hook["CollectionConfigurations"]]))
+        "OutputDataConfig": {"S3OutputPath": output},
+        "ResourceConfig": {"InstanceType": args.instance_type, "InstanceCount": args.instance_count,
+                           "VolumeSizeInGB": 50},
+        "StoppingCondition": {"MaxRuntimeInSeconds": args.max_runtime},
+        "DebugHookConfig": {
+            "S3OutputPath": hook["S3OutputPath"], "LocalPath": hook["LocalPath"],
+            "HookParameters": hook["HookParameters"],
+            "CollectionConfigurations": [
+                {"CollectionName": c["CollectionName"], "CollectionParameters": c["CollectionParameters"]}
+                for c in hook["CollectionConfigurations"]]},
+    }
     if args.builtin_rules:
-        image = get_rule_container_image_uri(None, region)
-        rules = [Rule.sagemaker(getattr(rule_configs, name)()).to_debugger_rule_config_dict()
-                 for name in BUILTIN_RULES]
-        request["debug_rule_configurations"] = [
-            DebugRuleConfiguration(rule_configuration_name=r["RuleConfigurationName"], rule_evaluator_image=image,
-                                   rule_parameters=r["RuleParameters"]) for r in rules]
-        report = ProfilerRule.sagemaker(rule_configs.ProfilerReport()).to_profiler_rule_config_dict()
-        request["profiler_config"] = ProfilerConfig(
-            s3_output_path=output, profiling_interval_in_milliseconds=PROFILER_INTERVAL_MS)
-        request["profiler_rule_configurations"] = [ProfilerRuleConfiguration(
-            rule_configuration_name=report["RuleConfigurationName"], rule_evaluator_image=image,
-            rule_parameters=report["RuleParameters"])]
+        request.update(builtin_rules(output, region))
     return request
 
 
+def builtin_rules(output: str, region: str) -> dict[str, Any]:
+    """The request's DebugRuleConfigurations, ProfilerConfig and ProfilerRuleConfigurations for AWS's
+    built-in rules (BUILTIN_RULES) and ProfilerReport, from the SageMaker SDK v3's rule configurations
+    and the region's rule image (what the SDK adds: AWS's rule parameters and images)."""
+    from sagemaker.core.debugger import ProfilerRule, Rule, get_rule_container_image_uri, rule_configs
+
+    image = get_rule_container_image_uri(None, region)
+    rules = [Rule.sagemaker(getattr(rule_configs, name)()).to_debugger_rule_config_dict() for name in BUILTIN_RULES]
+    report = ProfilerRule.sagemaker(rule_configs.ProfilerReport()).to_profiler_rule_config_dict()
+    return {
+        "DebugRuleConfigurations": [
+            {"RuleConfigurationName": r["RuleConfigurationName"], "RuleEvaluatorImage": image,
+             "RuleParameters": r["RuleParameters"]} for r in rules],
+        "ProfilerConfig": {"S3OutputPath": output, "ProfilingIntervalInMilliseconds": PROFILER_INTERVAL_MS},
+        "ProfilerRuleConfigurations": [
+            {"RuleConfigurationName": report["RuleConfigurationName"], "RuleEvaluatorImage": image,
+             "RuleParameters": report["RuleParameters"]}],
+    }
+
+
 def start(args: argparse.Namespace) -> dict[str, Any]:
-    """Create the training job (or, with --dry-run, only build its request).
+    """Create the training job with boto3 (or, with --dry-run, only record its request).
 
     Returns:
         `{"TrainingJobName": ..., "outputs": {...}}`, or the API request on a dry run.
-    """
-    from sagemaker.core.resources import TrainingJob
 
+    Raises:
+        ValueError: a bad argument or --best file; ClientError: AWS refused the request.
+    """
     boto_session = boto3.Session(region_name=args.region)
-    region = boto_session.region_name
     job_name = args.job_name or default_job_name()
-    request = training_job_request(args, job_name, region)
-    if args.dry_run:
-        with sending_nothing(boto_session, (CREATE_OPERATION,)):
-            try:
-                TrainingJob.create(**request, session=boto_session, region=region)
-            except DryRun as dry_run:
-                return dry_run.params
-        raise RuntimeError(f"dry run: the SDK made no {CREATE_OPERATION} request")
-    TrainingJob.create(**request, session=boto_session, region=region)
+    request = training_job_request(args, job_name, boto_session.region_name)
+    dry_run = DryRun(boto_session, CREATING) if args.dry_run else None  # before the client is made
+    boto_session.client("sagemaker").create_training_job(**request)
+    if dry_run:
+        return dry_run.params()[-1]
     return {"TrainingJobName": job_name, "outputs": where_outputs_land(args.output, job_name, args.builtin_rules)}
 
 
@@ -224,14 +224,11 @@ def _is_report(name: str) -> bool:
     return bool(parts) and parts[0] in REPORT_FOLDERS and TENSORS_DIR not in parts[1:2]
 
 
+@exit_on({**LAUNCHER, OSError: USAGE})  # OSError: --best cannot be read
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        result = start(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = start(args)
     print(json.dumps(result, indent=2, default=str))
     if args.dry_run or not args.wait:
         return 0

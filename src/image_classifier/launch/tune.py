@@ -19,7 +19,9 @@ from typing import Any
 import boto3
 
 from image_classifier.launch import metrics, search_space
-from image_classifier.launch.common import DryRun, add_training_job_arguments, parse_static, sending_nothing
+from image_classifier.launch.common import add_training_job_arguments, parse_static
+from image_classifier.launch.dry_run import DryRun, Stopped
+from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +112,12 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data.rstrip("/")
     inputs = [InputData(channel_name=c, data_source=f"{data}/{c}") for c in CHANNELS]
     if args.dry_run:
-        with sending_nothing(boto_session, (CREATE_OPERATION,)):
-            try:
-                make_tuner(args, boto_session).tune(inputs=inputs, job_name=args.job_name or default_job_name(),
-                                                    wait=False)
-            except DryRun as request:
-                return request.params
+        dry_run = DryRun(boto_session, {"sagemaker": (CREATE_OPERATION,)}, stop=True)
+        try:
+            make_tuner(args, boto_session).tune(inputs=inputs, job_name=args.job_name or default_job_name(),
+                                                wait=False)
+        except Stopped:
+            return dry_run.requests[-1].params
         raise RuntimeError(f"dry run: the SDK made no {CREATE_OPERATION} request")
     tuner = make_tuner(args, boto_session)
     tuner.tune(inputs=inputs, job_name=args.job_name or default_job_name(), wait=False)
@@ -175,14 +177,11 @@ def best_hyperparameters(job: dict[str, Any]) -> dict[str, Any]:
             "hyperparameters": hyperparameters}
 
 
+@exit_on(LAUNCHER)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        result = start(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = start(args)
     print(json.dumps(result, indent=2, default=str))
     if args.dry_run or not args.wait:
         return 0
@@ -191,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(training_jobs(sm_client, job["HyperParameterTuningJobName"]), args.objective))
     try:
         best = best_hyperparameters(job)
-    except ValueError as exc:
+    except ValueError as exc:  # the job ran: not a usage error
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return FAILED
     with open(args.best_out, "w") as f:
         json.dump(best, f, indent=2)
     print(f"best hyperparameters ({best['objective']}={best['objective_value']}) written to {args.best_out}")

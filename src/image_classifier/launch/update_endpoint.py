@@ -7,7 +7,7 @@ Three modes, one a run:
 - blue/green (`--model-data` or `--training-job`): a new Model (the variant's current image, role
   and environment unless overridden), a new EndpointConfig copying the current one with that
   variant's model replaced, then UpdateEndpoint with a DeploymentConfig (traffic routing, rollback
-  alarms). The new config names the one it replaces in the tag PREVIOUS_CONFIG_TAG;
+  alarms). The new config names the one it replaces in the tag PREVIOUS_CONFIG_TAG (launch/history.py);
 - rollback (`--rollback`): UpdateEndpoint back to the config that tag names, one step a run.
 
 Nothing starts unless the endpoint is InService, and everything is checked before anything is
@@ -19,27 +19,35 @@ with a FailureReason). Once SageMaker accepted an update, stopping this script d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import secrets
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 
-from image_classifier.launch.common import DryRun, parse_static, sending_nothing
+from image_classifier.launch.common import parse_static
 from image_classifier.launch.deploy import model_data_of
-from image_classifier.launch.deployment_config import (add_deployment_arguments, check_deployment,
-                                                       deployment_config, planned_seconds)
+from image_classifier.launch.deployment_config import (
+    add_deployment_arguments,
+    check_deployment,
+    deployment_config,
+    planned_seconds,
+)
+from image_classifier.launch.dry_run import DryRun
+from image_classifier.launch.exit_codes import CLIENT_ERROR, FAILED, INTERRUPTED, LAUNCHER, exit_on
+from image_classifier.launch.history import PREVIOUS_CONFIG_TAG, previous_config, previous_tag
 
 logger = logging.getLogger(__name__)
 
-PREVIOUS_CONFIG_TAG = "image-classifier:previous-endpoint-config"
-CHANGING = ("CreateModel", "CreateEndpointConfig", "UpdateEndpoint", "UpdateEndpointWeightsAndCapacities")
+# what a dry run records instead of sending (the deletes: what a failure would undo)
+CHANGING = {"sagemaker": ("CreateModel", "CreateEndpointConfig", "UpdateEndpoint", "UpdateEndpointWeightsAndCapacities",
+                          "DeleteModel", "DeleteEndpointConfig")}
 # EndpointStatus values that change on their own (API_DescribeEndpoint); the others are where an update ends
 SETTLING = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 
@@ -138,22 +146,26 @@ def delete(sm, kind: str, name: str) -> None:
 class Requests:
     """Sends the requests that change something and remembers what they created.
 
-    Inside common.sending_nothing (a dry run) the requests are only recorded, in `recorded`.
+    On a dry run (a DryRun registered on the client's session) the requests are only recorded,
+    and nothing is remembered as created.
     """
 
-    def __init__(self, sm):
-        self.sm, self.recorded, self._created = sm, [], []
+    def __init__(self, sm, dry_run: DryRun | None = None):
+        self.sm, self.dry_run, self._created = sm, dry_run, []
 
     def send(self, method: str, params: dict[str, Any], creates: tuple[str, str] | None = None):
         """`sm.<method>(**params)`, which `creates` the (DELETE kind, name) given."""
-        try:
-            answer = getattr(self.sm, method)(**params)
-        except DryRun as request:
-            self.recorded.append({"operation": request.operation, "request": request.params})
-            return None
-        if creates:
+        answer = getattr(self.sm, method)(**params)
+        if creates and not self.dry_run:
             self._created.append(creates)
         return answer
+
+    @property
+    def recorded(self) -> list[dict[str, Any]]:
+        """What a dry run recorded: `{"operation", "request"}` per request, oldest first."""
+        if self.dry_run is None:
+            return []
+        return [{"operation": r.operation, "request": r.params} for r in self.dry_run.requests]
 
     def delete_created(self) -> None:
         """Delete what `send` created, newest first."""
@@ -168,16 +180,6 @@ def in_service(sm, name: str) -> dict[str, Any]:
         raise ValueError(f"endpoint {name} is {endpoint['EndpointStatus']}, not InService: wait until it settles "
                          f"(aws sagemaker describe-endpoint --endpoint-name {name})")
     return endpoint
-
-
-def previous_config(sm, config_name: str) -> str | None:
-    """The endpoint config that `config_name` replaced, from its tag PREVIOUS_CONFIG_TAG; None without that tag."""
-    arn = sm.describe_endpoint_config(EndpointConfigName=config_name)["EndpointConfigArn"]
-    for page in sm.get_paginator("list_tags").paginate(ResourceArn=arn):
-        for tag in page["Tags"]:
-            if tag["Key"] == PREVIOUS_CONFIG_TAG:
-                return tag["Value"]
-    return None
 
 
 def new_name(endpoint_name: str) -> str:
@@ -346,7 +348,7 @@ def blue_green(sm, args: argparse.Namespace, requests: Requests) -> dict[str, An
     model_request = new_model(sm, args, current_model, name, model_data)
     config_request = {**accepted(sm, "CreateEndpointConfig", old_config), "EndpointConfigName": name,
                       "ProductionVariants": new_variants(old_config, endpoint, variant, name),
-                      "Tags": [{"Key": PREVIOUS_CONFIG_TAG, "Value": old_config["EndpointConfigName"]}]}
+                      "Tags": previous_tag(old_config["EndpointConfigName"])}
     update_request = {"EndpointName": args.name, "EndpointConfigName": name,
                       "DeploymentConfig": deployment(args)}
     try:
@@ -366,7 +368,7 @@ def unchanged(sm, name: str, config_name: str) -> bool:
     (a Ctrl-C or a broken connection can come after SageMaker accepted it: then nothing may be deleted)."""
     try:
         endpoint = sm.describe_endpoint(EndpointName=name)
-    except Exception as exc:  # noqa: BLE001 - unknown: keep what was created
+    except Exception as exc:  # unknown: keep what was created
         logger.warning("cannot tell whether SageMaker accepted the update (%s): deleting nothing", exc)
         return False
     if endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == config_name:
@@ -444,7 +446,7 @@ def finish(sm, args: argparse.Namespace, mode: str, started: dict[str, Any], req
     except (KeyboardInterrupt, TimeoutError) as exc:
         stopped = f"stopped waiting: {exc}" if str(exc) else "stopped waiting"
         print(f"{stopped}\n{still_running(args.name, undo_hint(args.name, mode))}", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        return INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED
     if mode == "shift":
         missed = check_shift(endpoint, started["DesiredWeightsAndCapacities"])
         print(json.dumps(endpoint["ProductionVariants"], indent=2, default=str))
@@ -473,27 +475,22 @@ def finish(sm, args: argparse.Namespace, mode: str, started: dict[str, Any], req
 MODES = {"shift": shift_traffic, "blue-green": blue_green, "rollback": rollback}
 
 
+@exit_on({**LAUNCHER, CLIENT_ERROR: FAILED})
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     mode = mode_of(parser, args)
     boto_session = boto3.Session(region_name=args.region)
-    with sending_nothing(boto_session, CHANGING) if args.dry_run else contextlib.nullcontext():
-        sm = boto_session.client("sagemaker")  # made inside: a client takes the session's handlers when made
-        requests = Requests(sm)
-        try:
-            started = MODES[mode](sm, args, requests)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except ClientError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print(f"interrupted (had SageMaker accepted the update, it goes on: aws sagemaker describe-endpoint "
-                  f"--endpoint-name {args.name})", file=sys.stderr)
-            return 130
+    dry_run = DryRun(boto_session, CHANGING) if args.dry_run else None  # before the client is made
+    sm = boto_session.client("sagemaker")
+    requests = Requests(sm, dry_run)
+    try:
+        started = MODES[mode](sm, args, requests)
+    except KeyboardInterrupt:
+        print(f"interrupted (had SageMaker accepted the update, it goes on: aws sagemaker describe-endpoint "
+              f"--endpoint-name {args.name})", file=sys.stderr)
+        return INTERRUPTED
     if args.dry_run:
         print(json.dumps(requests.recorded, indent=2, default=str))
         return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from tqdm import tqdm
+
+from image_classifier.launch.exit_codes import LAUNCHER, exit_on
 
 SPLITS = ("train", "valid", "test")
 TRANSFER = TransferConfig()  # boto3's defaults: multipart from 8 MiB, in 8 MiB parts
@@ -89,6 +90,7 @@ def upload(root: Path, s3_uri: str, s3_client, workers: int = 16) -> Result:
     return result
 
 
+@exit_on(LAUNCHER)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="upload_data.py", description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="dataset root holding train/, valid/, test/")
@@ -98,22 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the objects it would write, send nothing")
     args = parser.parse_args(argv)
     if args.dry_run:
-        try:
-            bucket, prefix = parse_s3_uri(args.s3_uri)
-            files = files_of(args.data)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        bucket, prefix = parse_s3_uri(args.s3_uri)
+        files = files_of(args.data)
         for path in files:
             key = "/".join(filter(None, [prefix, path.relative_to(args.data).as_posix()]))
             print(f"s3://{bucket}/{key} {path.stat().st_size}")
         print(f"{len(files)} file(s); objects of the same size and ETag already there would be skipped")
         return 0
-    try:
-        result = upload(args.data, args.s3_uri, boto3.Session(region_name=args.region).client("s3"), args.workers)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = upload(args.data, args.s3_uri, boto3.Session(region_name=args.region).client("s3"), args.workers)
     print(f"uploaded {result.uploaded} file(s) ({result.bytes} bytes), skipped {result.skipped} already there; "
           f"channels: {args.s3_uri.rstrip('/')}/{{train,valid,test}}")
     return 0

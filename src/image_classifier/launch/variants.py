@@ -108,7 +108,7 @@ def parse_serverless(text: str) -> Serverless:
     Raises:
         argparse.ArgumentTypeError: not two whole numbers, or outside SageMaker's limits.
     """
-    memory, sep, concurrency = text.partition(":")
+    memory, _sep, concurrency = text.partition(":")
     try:
         serverless = Serverless(int(memory), int(concurrency))
     except ValueError:
