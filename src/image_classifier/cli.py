@@ -15,6 +15,7 @@ import requests
 from image_classifier import datasets
 from image_classifier.launch import metrics
 from image_classifier.serving import content_types
+from image_classifier.serving.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, error_message, transform
 from image_classifier.tuning import PRUNERS
 
@@ -37,7 +38,7 @@ def _invoke(url: str, image: Path, attributes: str, timeout: float) -> dict:
     response = requests.post(
         f"{url.rstrip('/')}/invocations", data=image.read_bytes(), timeout=timeout,
         headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
-                 "X-Amzn-SageMaker-Custom-Attributes": attributes})
+                 CUSTOM_ATTRIBUTES_HEADER: attributes})
     if response.status_code != 200:
         raise RuntimeError(f"{response.status_code} from {url}: {error_message(response)}")
     return response.json()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from image_classifier.serving import attributes
@@ -61,3 +65,16 @@ def test_the_message_for_an_unknown_label_lists_a_few():
 def test_pairs():
     assert attributes.pairs("a=1; B = 2 ,a=3,c") == {"a": "1", "b": "2", "c": ""}
     assert attributes.pairs(None) == {"": ""}
+
+
+def test_the_header_is_spelled_once_and_costs_no_heavy_import():
+    """transform.py and cli.py send the header under the name the server reads, and importing
+    it pulls in neither Flask nor torch nor NumPy (a client needs none of them)."""
+    from image_classifier import cli, transform
+
+    assert transform.CUSTOM_ATTRIBUTES_HEADER is cli.CUSTOM_ATTRIBUTES_HEADER is attributes.HEADER
+    code = ("import sys, image_classifier.serving.attributes; "
+            "print(sorted({'flask', 'torch', 'numpy', 'werkzeug'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.stdout.strip() == "[]"
