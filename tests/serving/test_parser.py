@@ -34,12 +34,12 @@ def test_negotiate_accept(header, explaining, expected):
 
 
 @pytest.mark.parametrize("header, explaining, message", [
-    ("text/csv", False, "unsupported Accept 'text/csv'; supported: application/json, application/x-npy; "
-                        f"image/png with explain=gradcam in {HEADER}"),
-    ("image/png", False, "unsupported Accept 'image/png'; supported: application/json, application/x-npy; "
-                         f"image/png with explain=gradcam in {HEADER}"),
-    ("application/x-npy", True, "unsupported Accept 'application/x-npy': "
-                                "an explanation is answered as application/json or image/png"),
+    ("text/csv", False, ("unsupported Accept 'text/csv'; supported: application/json, application/x-npy; "
+                         f"image/png with explain=gradcam in {HEADER}")),
+    ("image/png", False, ("unsupported Accept 'image/png'; supported: application/json, application/x-npy; "
+                          f"image/png with explain=gradcam in {HEADER}")),
+    ("application/x-npy", True, ("unsupported Accept 'application/x-npy': "
+                                 "an explanation is answered as application/json or image/png")),
 ])
 def test_negotiate_accept_refuses(header, explaining, message):
     with pytest.raises(UnsupportedAcceptError) as info:
