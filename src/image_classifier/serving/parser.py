@@ -69,7 +69,7 @@ def negotiate_accept(header: str | None, explaining: bool = False) -> str:
     return best
 
 
-def read_body(request: Request) -> bytes:
+def _read_body(request: Request) -> bytes:
     """The request's body, read whole, whatever the answer will be: gunicorn closes a keep-alive
     connection silently when a body over 64 kB is left unread, and the client's next request on
     it would fail.
@@ -99,7 +99,7 @@ def parse_request(request: Request, labels: Callable[[], Sequence[str]]) -> Infe
         ModelNotReadyError: from `labels`: the model is not loaded (503).
         BadRequestError: a bad custom attribute (400; see `attributes.parse`).
     """
-    body = read_body(request)
+    body = _read_body(request)
     header = request.headers.get(attributes.HEADER)
     # any `explain` key asks for an explanation's answer type, even with a value refused below
     accept = negotiate_accept(request.headers.get("Accept"), explaining="explain" in attributes.pairs(header))
