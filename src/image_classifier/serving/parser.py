@@ -37,6 +37,7 @@ class InferenceRequest:
 
 
 def _unsupported_plain(header: str) -> str:
+    """The 406 message without explanations: the types it can have, and those `explain` adds."""
     plain = codec.answer_types(explaining=False)
     explained_only = [accept for accept in codec.EXPLANATION_TYPES if accept not in plain]
     return "; ".join([f"unsupported Accept {header!r}; supported: {', '.join(plain)}",
