@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from image_classifier.serving import attributes as attributes_header
 from image_classifier.serving import content_types
 from image_classifier.transform import error_message
 
@@ -33,7 +34,7 @@ def _invoke(url: str, image: Path, attributes: str, timeout: float) -> dict:
     response = requests.post(
         f"{url.rstrip('/')}/invocations", data=image.read_bytes(), timeout=timeout,
         headers={"Content-Type": content_type_for(image), "Accept": content_types.JSON,
-                 "X-Amzn-SageMaker-Custom-Attributes": attributes})
+                 attributes_header.HEADER: attributes})
     if response.status_code != 200:
         raise RuntimeError(f"{response.status_code} from {url}: {error_message(response)}")
     return response.json()

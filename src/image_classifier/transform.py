@@ -29,12 +29,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from urllib3.util.retry import Retry
 
 from image_classifier.serving import content_types
+from image_classifier.serving.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER  # where the server reads top_k
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("key", "label", "class_id", "probability", "top_k", "error")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})  # Pillow reads
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"  # where the server reads top_k
 
 DEFAULT_TOP_K = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention (as tune's)

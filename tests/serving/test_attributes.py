@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+import sys
+
 import pytest
 
 from image_classifier.serving import attributes
@@ -61,3 +66,18 @@ def test_the_message_for_an_unknown_label_lists_a_few():
 def test_pairs():
     assert attributes.pairs("a=1; B = 2 ,a=3,c") == {"a": "1", "b": "2", "c": ""}
     assert attributes.pairs(None) == {"": ""}
+
+
+def test_the_header_is_spelled_once_and_costs_no_heavy_import():
+    """Only serving/attributes.py spells the header among the package's modules (the client,
+    transform and the serving benchmark import it), and importing it pulls in neither Flask nor
+    torch nor NumPy (a client needs none of them)."""
+    package = Path(attributes.__file__).parents[1]
+    spelled = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if "X-Amzn-SageMaker-Custom-Attributes" in path.read_text())
+    assert spelled == ["serving/attributes.py"]
+    code = ("import sys, image_classifier.serving.attributes; "
+            "print(sorted({'flask', 'torch', 'numpy', 'werkzeug'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.stdout.strip() == "[]"

@@ -349,3 +349,32 @@ def test_split_inputs():
     parts = codec.Inputs(array=array, batched=True).split()
     assert len(parts) == 3 and all(p.images is None and p.array.shape == (1, 3, 32, 32) for p in parts)
     np.testing.assert_array_equal(np.concatenate([p.array for p in parts]), array)
+
+
+@pytest.mark.parametrize("explaining, expected", [(False, ("application/json", "application/x-npy")),
+                                                  (True, ("application/json", "image/png"))])
+def test_answer_types(explaining, expected):
+    assert codec.answer_types(explaining) == expected
+
+
+@pytest.mark.parametrize("accept, explaining, batched, words", [
+    ("application/json", False, True, None),
+    ("application/json", True, True, None),
+    ("application/x-npy", False, True, None),
+    ("application/x-npy", True, False, "application/json or image/png"),
+    ("image/png", True, False, None),
+    ("image/png", True, True, "holds a batch"),
+    ("image/png", False, False, "add explain=gradcam"),
+    ("text/csv", False, False, "unsupported Accept"),
+])
+def test_encoder_checks_the_combination_before_the_work(accept, explaining, batched, words):
+    """`encoder` refuses what `encode` would, before any prediction is made; what it returns encodes."""
+    if words is not None:
+        with pytest.raises(UnsupportedAcceptError) as info:
+            codec.encoder(accept, explaining, batched)
+        assert info.value.status_code == 406 and words in info.value.message
+        return
+    explanations = [_explanation(0)] if explaining else None
+    probabilities = _probabilities(1)
+    assert (codec.encoder(accept, explaining, batched)(probabilities, LABELS, 5, explanations)
+            == codec.encode(probabilities, batched, accept, LABELS, 5, explanations))

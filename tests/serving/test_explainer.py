@@ -137,6 +137,16 @@ def test_bad_explanation_requests_are_client_errors(client, body, content_type, 
     assert post(client, variants()["jpeg"], "image/jpeg").status_code == 200  # and the next is served
 
 
+def test_a_batch_is_refused_as_png_before_it_is_explained(app, client, monkeypatch):
+    """The answer type is checked once, before the work: a batch's overlays are never drawn to be refused."""
+    def explain(*args, **kwargs):
+        raise AssertionError("explained a request that is refused")
+
+    monkeypatch.setattr(app.extensions["predictor"], "explain", explain)
+    response = post(client, BODIES["npy-batch"][0], "application/x-npy", "explain=gradcam", "image/png")
+    assert response.status_code == 406 and "holds a batch" in response.get_json()["error"]
+
+
 def test_explanations_and_plain_requests_at_once(client):
     """Explanations take turns with the plain requests' batches: every answer is what it is alone
     (a batched forward pass moves the probabilities' last bits)."""

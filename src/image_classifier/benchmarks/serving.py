@@ -37,6 +37,7 @@ import numpy as np
 import requests
 
 from image_classifier import artifacts, local, models
+from image_classifier.serving import attributes
 from image_classifier.transforms import resize_size
 
 MODELS = ("resnet50", "resnet18")
@@ -45,7 +46,7 @@ NUM_CLASSES = 133
 CONCURRENCY = (1, 2, 4, 8)
 BATCH_SIZES = (1, 2, 4, 8, 16)
 JPEG = "image/jpeg"
-EXPLAIN = {"X-Amzn-SageMaker-Custom-Attributes": "explain=gradcam"}
+EXPLAIN = {attributes.HEADER: "explain=gradcam"}
 
 BASELINE_APP = '''
 """The usual student endpoint: the model loaded at import in every worker, PIL decode, eager forward."""

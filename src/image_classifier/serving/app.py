@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from image_classifier import sagemaker_env
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.serving import attributes, codec, content_types
-from image_classifier.serving.errors import InferenceError, UnsupportedAcceptError
+from image_classifier.serving import codec
+from image_classifier.serving.errors import InferenceError
 from image_classifier.serving.holder import PredictorHolder
+from image_classifier.serving.parser import parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -27,30 +27,6 @@ bp = Blueprint("inference", __name__)
 
 def _holder() -> PredictorHolder:
     return current_app.extensions["predictor"]
-
-
-def negotiate_accept(header: str | None, explaining: bool = False) -> str:
-    """The response type for an Accept header; missing or `*/*` means JSON. With an explanation:
-    JSON or PNG (the overlay); without: JSON or NPY.
-
-    Raises:
-        UnsupportedAcceptError: nothing in the header can be produced (406).
-    """
-    if not header or not header.strip():
-        return content_types.JSON
-    # media-type parameters (`application/json; charset=utf-8`) are ignored, as in Content-Type
-    offered = MIMEAccept([(content_types.base_type(value), q) for value, q in request.accept_mimetypes])
-    if explaining:
-        best = offered.best_match(codec.EXPLANATION_TYPES)
-        if best is None:
-            raise UnsupportedAcceptError(f"unsupported Accept {header!r}: {codec.EXPLANATION_TYPES_MESSAGE}")
-        return best
-    best = offered.best_match([content_types.JSON, content_types.NPY])
-    if best is None:
-        raise UnsupportedAcceptError(f"unsupported Accept {header!r}; supported: {content_types.JSON}, "
-                                     f"{content_types.NPY}; {content_types.PNG} with explain=gradcam "
-                                     f"in {attributes.HEADER}")
-    return best
 
 
 @bp.get("/ping")
@@ -63,38 +39,21 @@ def ping():
     return jsonify(status="failed" if holder.error else "loading", error=holder.error), HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def _request_body() -> bytes:
-    """The request body. Raises: RequestEntityTooLarge: over MAX_CONTENT_LENGTH (413)."""
-    body = request.get_data(cache=False)  # 413 if the Content-Length is over the limit
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if (request.content_length is None and limit is not None and len(body) >= limit
-            and request.environ.get("wsgi.input_terminated") and request.environ["wsgi.input"].read(1)):
-        raise RequestEntityTooLarge()  # a chunked body: werkzeug stops at the limit without an error
-    return body
-
-
 @bp.post("/invocations")
 def invocations():
-    """Decode the body by Content-Type, predict (and explain), encode by Accept (see README, HTTP API)."""
-    # The body first, whatever the answer: gunicorn closes a keep-alive connection silently when
-    # a body over 64 kB is left unread, and the client's next request on it would fail.
-    body = _request_body()
-    header = request.headers.get(attributes.HEADER)
-    accept = negotiate_accept(request.headers.get("Accept"), explaining="explain" in attributes.pairs(header))
-    holder = _holder()
+    """Parse the request, decode its body, predict (or explain), encode the answer (see the HTTP API)."""
+    holder, config = _holder(), current_app.config
     # this worker may still be loading while another already answers /ping 200: wait for it
-    predictor = holder.get(current_app.config["LOAD_WAIT"])
-    asked = attributes.parse(header, predictor.spec.labels)
-    inputs = codec.decode(body, request.headers.get("Content-Type"), current_app.config["MAX_IMAGE_PIXELS"])
-    if asked.explain is None:
-        # decoded in this request's thread; preprocessed and predicted in a batch with others
-        probabilities, explanations = holder.batcher.predict(inputs), None
+    asked = parse_request(request, lambda: holder.labels(config["LOAD_WAIT"]))
+    inputs = codec.decode(asked.body, asked.content_type, config["MAX_IMAGE_PIXELS"])
+    encode = codec.encoder(asked.accept, asked.explaining, inputs.batched)  # 406 before the work
+    if asked.explaining:
+        probabilities, explanations = holder.explain(inputs, asked.attributes.explain_class_id)
     else:
-        if accept == content_types.PNG:
-            codec.check_png(inputs.batched)
-        probabilities, explanations = holder.explainer().explain(inputs, asked.explain_class_id)
-    body = codec.encode(probabilities, inputs.batched, accept, predictor.spec.labels, asked.top_k, explanations)
-    return Response(body, mimetype=accept)
+        # decoded in this request's thread; preprocessed and predicted in a batch with others
+        probabilities, explanations = holder.predict(inputs), None
+    return Response(encode(probabilities, holder.labels(), asked.attributes.top_k, explanations),
+                    mimetype=asked.accept)
 
 
 @bp.get("/execution-parameters")

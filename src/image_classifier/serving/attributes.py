@@ -13,6 +13,8 @@ from typing import Sequence
 
 from image_classifier.serving.errors import BadRequestError
 
+# The one spelling of the header; clients (transform.py, client.py, benchmarks/serving.py) import it from here, so this
+# module imports nothing heavy (no Flask, torch or NumPy): tests/serving/test_attributes.py.
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_TOP_K = 5
 EXPLAIN_METHODS = ("gradcam",)

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from image_classifier.serving import content_types
+from image_classifier.serving import attributes, content_types
 from image_classifier.serving.errors import (BadRequestError, InvalidImageError, UnsupportedAcceptError,
                                              UnsupportedContentTypeError)
 from image_classifier.images import open_image
@@ -164,37 +164,80 @@ def _to_json(probabilities: np.ndarray, batched: bool, labels: Sequence[str], to
 
 def _to_npy(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int,
             explanations: Sequence[Explanation] | None) -> bytes:
-    if explanations is not None:
-        raise UnsupportedAcceptError(EXPLANATION_TYPES_MESSAGE)
     buffer = io.BytesIO()
     np.save(buffer, probabilities.astype(np.float32), allow_pickle=False)
     return buffer.getvalue()
 
 
-def check_png(batched: bool) -> None:
-    """Raises: UnsupportedAcceptError: a PNG answer asked for a batch (406)."""
-    if batched:
-        raise UnsupportedAcceptError("image/png answers one image and this request holds a batch: send one "
-                                     "image, or ask for application/json (one overlay per image in explanations)")
-
-
 def _to_png(probabilities: np.ndarray, batched: bool, labels: Sequence[str], top_k: int,
             explanations: Sequence[Explanation] | None) -> bytes:
-    check_png(batched)
-    if not explanations:
-        raise UnsupportedAcceptError("image/png answers an explanation: add explain=gradcam to "
-                                     "X-Amzn-SageMaker-Custom-Attributes")
-    return explanations[0].png
+    return explanations[0].png  # `encoder` refused a batch, or no explanation
 
 
-_ENCODERS: dict[str, Callable[[np.ndarray, bool, Sequence[str], int, Sequence[Explanation] | None], bytes]] = {
-    content_types.JSON: _to_json,
-    content_types.NPY: _to_npy,
-    content_types.PNG: _to_png,
+Encoder = Callable[..., bytes]  # (probabilities, labels, top_k, explanations=None) -> the body: `encoder`
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An answer type: its encoder, and what it can carry."""
+
+    encode: Callable[[np.ndarray, bool, Sequence[str], int, Sequence[Explanation] | None], bytes]
+    plain: bool = True       # predictions alone
+    explained: bool = True   # predictions with explanations
+    batch: bool = True       # the answer to a batch (one per input)
+
+
+# The one table of what each Accept type answers: `negotiate_accept` (serving/parser.py) picks
+# from it, `encoder` checks a request's combination against it.
+_ENCODERS: dict[str, _Answer] = {
+    content_types.JSON: _Answer(_to_json),
+    content_types.NPY: _Answer(_to_npy, explained=False),
+    content_types.PNG: _Answer(_to_png, plain=False, batch=False),
 }
 ACCEPT_TYPES: tuple[str, ...] = tuple(_ENCODERS)
-EXPLANATION_TYPES = (content_types.JSON, content_types.PNG)  # what can carry an explanation
+
+
+def answer_types(explaining: bool) -> tuple[str, ...]:
+    """The Accept types that answer a request with (or without) explanations, preferred first."""
+    return tuple(accept for accept, answer in _ENCODERS.items() if (answer.explained if explaining else answer.plain))
+
+
+EXPLANATION_TYPES = answer_types(explaining=True)  # what can carry an explanation
 EXPLANATION_TYPES_MESSAGE = f"an explanation is answered as {' or '.join(EXPLANATION_TYPES)}"
+
+
+def encoder(accept: str, explaining: bool, batched: bool) -> Encoder:
+    """The encoder of an answer as `accept`, checked before the work: see `encode`.
+
+    Args:
+        accept: the answer's content type, one of ACCEPT_TYPES.
+        explaining: the answer carries explanations.
+        batched: the request holds a batch (one answer per input).
+
+    Returns:
+        `(probabilities, labels, top_k, explanations) -> bytes`, `encode`'s arguments.
+
+    Raises:
+        UnsupportedAcceptError: no encoder for `accept`; explanations as NPY; PNG without
+            an explanation or for a batch (406).
+    """
+    try:
+        answer = _ENCODERS[accept]
+    except KeyError:
+        raise UnsupportedAcceptError(f"unsupported Accept {accept!r}; supported: {', '.join(_ENCODERS)}") from None
+    if batched and not answer.batch:
+        raise UnsupportedAcceptError(f"{accept} answers one image and this request holds a batch: send one image, "
+                                     f"or ask for {content_types.JSON} (one overlay per image in explanations)")
+    if not explaining and not answer.plain:
+        raise UnsupportedAcceptError(f"{accept} answers an explanation: add explain=gradcam to {attributes.HEADER}")
+    if explaining and not answer.explained:
+        raise UnsupportedAcceptError(EXPLANATION_TYPES_MESSAGE)
+
+    def encode_answer(probabilities: np.ndarray, labels: Sequence[str], top_k: int,
+                      explanations: Sequence[Explanation] | None = None) -> bytes:
+        return answer.encode(probabilities, batched, labels, top_k, explanations)
+
+    return encode_answer
 
 
 def encode(probabilities: np.ndarray, batched: bool, accept: str, labels: Sequence[str],
@@ -211,8 +254,4 @@ def encode(probabilities: np.ndarray, batched: bool, accept: str, labels: Sequen
         UnsupportedAcceptError: no encoder for `accept`; explanations as NPY; PNG without
             an explanation or for a batch (406).
     """
-    try:
-        encoder = _ENCODERS[accept]
-    except KeyError:
-        raise UnsupportedAcceptError(f"unsupported Accept {accept!r}; supported: {', '.join(_ENCODERS)}") from None
-    return encoder(probabilities, batched, labels, top_k, explanations)
+    return encoder(accept, explanations is not None, batched)(probabilities, labels, top_k, explanations)

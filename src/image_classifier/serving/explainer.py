@@ -1,7 +1,7 @@
 """Explanations on the model server: Grad-CAM (`image_classifier.explain`) on a worker's eager model.
 
 A worker makes its `Explainer` on the first request that asks for an explanation
-(`PredictorHolder.explainer`): Captum and matplotlib are imported then, not before, so the
+(`PredictorHolder.explain`): Captum and matplotlib are imported then, not before, so the
 plain path never pays for them. Each image's torch work runs in the worker's batcher thread
 (`Batcher.run`), one image at a time between the batches of plain requests: it takes turns
 with their forward passes instead of fighting them for the cores, and they wait for at most

@@ -11,9 +11,16 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from image_classifier.serving.errors import ModelNotReadyError
 from image_classifier.serving.shared import RunDir
+
+if TYPE_CHECKING:  # not at run time: the worker imports torch in its loader thread
+    import numpy as np
+
+    from image_classifier.serving.codec import Explanation, Inputs
+    from image_classifier.serving.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ class PredictorHolder:
         self.model_dir, self.torchscript, self.max_batch = model_dir, torchscript, max_batch
         self.run_dir = run_dir or RunDir()
         self._predictor = None
-        self.batcher = None  # the worker's Batcher, once the model is loaded
+        self.batcher = None  # the worker's Batcher, once the model is loaded: use `predict`
         self._explainer = None  # made by the first request asking for an explanation
         self._explainer_lock = threading.Lock()
         self.error: str | None = None
@@ -90,7 +97,7 @@ class PredictorHolder:
         """Block until loading finished (ready or failed); True if it finished."""
         return self._loaded.wait(timeout)
 
-    def get(self, wait: float = 0.0):
+    def get(self, wait: float = 0.0) -> Predictor:
         """The loaded `Predictor`, waiting up to `wait` seconds for it while it loads.
 
         Raises:
@@ -99,9 +106,31 @@ class PredictorHolder:
         self._loaded.wait(wait)
         return self.predictor
 
-    def explainer(self):
-        """The worker's `explainer.Explainer`, made by the first call: that request imports Captum
-        and matplotlib (a second or two); the plain path never does.
+    def labels(self, wait: float = 0.0) -> Sequence[str]:
+        """The model's class labels (class_id = index), waiting up to `wait` seconds while it loads.
+
+        Raises:
+            ModelNotReadyError: still loading after `wait`, or it failed to load (503).
+        """
+        return self.get(wait).spec.labels
+
+    def predict(self, inputs: Inputs) -> np.ndarray:
+        """Class probabilities (N, classes) float32 of decoded `inputs`, computed in the worker's
+        batcher with the other requests waiting (`batcher.Batcher`).
+
+        Raises:
+            ModelNotReadyError: the model is not loaded (503).
+            whatever preprocessing or the forward pass raised.
+        """
+        self.get()  # the batcher exists once the model is loaded
+        return self.batcher.predict(inputs)
+
+    def explain(self, inputs: Inputs, class_id: int | None = None) -> tuple[np.ndarray, list[Explanation]]:
+        """Probabilities (N, classes) float32 of `inputs` and one explanation per image, for
+        `class_id` or each image's most probable class (`explainer.Explainer.explain`).
+
+        The worker's first explanation makes its `Explainer`: that request imports Captum and
+        matplotlib (a second or two); the plain path never does.
 
         Raises:
             ModelNotReadyError: the model is not loaded (503).
@@ -112,10 +141,10 @@ class PredictorHolder:
                 from image_classifier.serving.explainer import Explainer
 
                 self._explainer = Explainer(predictor, self.batcher)
-        return self._explainer
+        return self._explainer.explain(inputs, class_id)
 
     @property
-    def predictor(self):
+    def predictor(self) -> Predictor:
         """The loaded `Predictor`. Raises: ModelNotReadyError: still loading, or it failed (503)."""
         if self._predictor is None or not self._loaded.is_set():
             raise ModelNotReadyError(f"model failed to load: {self.error}" if self.error else "model is loading")

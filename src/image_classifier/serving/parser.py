@@ -1,0 +1,108 @@
+"""Turns a Flask request to `/invocations` into a frozen `InferenceRequest`, checked.
+
+Its rules are applied in one order, which fixes which error a request with several faults
+gets: the body is read (413), the Accept header negotiated against what the answer can be
+(406), the model waited for (503), the custom attributes checked against its labels (400).
+The body is decoded later, by `codec.decode` (415, 400): the route's next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from flask import Request
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_accept_header
+
+from image_classifier.serving import attributes, codec, content_types
+from image_classifier.serving.attributes import Attributes
+from image_classifier.serving.errors import UnsupportedAcceptError
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """What one request asks: its body, how to read it, how to answer it."""
+
+    body: bytes                 # the raw body, not yet decoded
+    content_type: str | None    # the Content-Type header as sent: `codec.decode` picks the decoder by it
+    accept: str                 # the answer's content type, negotiated: one of `codec.ACCEPT_TYPES`
+    attributes: Attributes      # top_k, and the explanation asked for (method and class), checked
+
+    @property
+    def explaining(self) -> bool:
+        """The request asks for explanations (`explain=gradcam`)."""
+        return self.attributes.explain is not None
+
+
+def _unsupported_plain(header: str) -> str:
+    """The 406 message without explanations: the types it can have, and those `explain` adds."""
+    plain = codec.answer_types(explaining=False)
+    explained_only = [accept for accept in codec.EXPLANATION_TYPES if accept not in plain]
+    return "; ".join([f"unsupported Accept {header!r}; supported: {', '.join(plain)}",
+                      *(f"{accept} with explain=gradcam in {attributes.HEADER}" for accept in explained_only)])
+
+
+def negotiate_accept(header: str | None, explaining: bool = False) -> str:
+    """The answer's content type for an Accept header: the best of `codec.answer_types(explaining)`.
+
+    A missing or blank header, or `*/*`, means JSON; media-type parameters
+    (`application/json; charset=utf-8`) are ignored, as in Content-Type.
+
+    Args:
+        header: the Accept header as sent.
+        explaining: the request asks for explanations: JSON or PNG (the overlay); else JSON or NPY.
+
+    Returns:
+        One of `codec.ACCEPT_TYPES`.
+
+    Raises:
+        UnsupportedAcceptError: nothing in the header can carry the answer (406).
+    """
+    if not header or not header.strip():
+        return content_types.JSON
+    offered = MIMEAccept([(content_types.base_type(value), q) for value, q in parse_accept_header(header, MIMEAccept)])
+    best = offered.best_match(codec.answer_types(explaining))
+    if best is None:
+        raise UnsupportedAcceptError(f"unsupported Accept {header!r}: {codec.EXPLANATION_TYPES_MESSAGE}"
+                                     if explaining else _unsupported_plain(header))
+    return best
+
+
+def _read_body(request: Request) -> bytes:
+    """The request's body, read whole, whatever the answer will be: gunicorn closes a keep-alive
+    connection silently when a body over 64 kB is left unread, and the client's next request on
+    it would fail.
+
+    Raises:
+        RequestEntityTooLarge: over `request.max_content_length` (the app's MAX_CONTENT_LENGTH), bytes (413).
+    """
+    body = request.get_data(cache=False)  # 413 if the Content-Length is over the limit
+    limit = request.max_content_length
+    if (request.content_length is None and limit is not None and len(body) >= limit
+            and request.environ.get("wsgi.input_terminated") and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()  # a chunked body: werkzeug stops at the limit without an error
+    return body
+
+
+def parse_request(request: Request, labels: Callable[[], Sequence[str]]) -> InferenceRequest:
+    """The request's body and headers, checked, in the order of this module's docstring.
+
+    Args:
+        request: a POST to `/invocations`.
+        labels: the model's class labels (class_id = index), called once the Accept is
+            negotiated; it may wait for the model to load.
+
+    Raises:
+        RequestEntityTooLarge: the body is over the limit (413).
+        UnsupportedAcceptError: no answer type in Accept can carry the answer (406).
+        ModelNotReadyError: from `labels`: the model is not loaded (503).
+        BadRequestError: a bad custom attribute (400; see `attributes.parse`).
+    """
+    body = _read_body(request)
+    header = request.headers.get(attributes.HEADER)
+    # any `explain` key asks for an explanation's answer type, even with a value refused below
+    accept = negotiate_accept(request.headers.get("Accept"), explaining="explain" in attributes.pairs(header))
+    asked = attributes.parse(header, labels())
+    return InferenceRequest(body, request.headers.get("Content-Type"), accept, asked)
