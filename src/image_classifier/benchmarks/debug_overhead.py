@@ -23,7 +23,7 @@ from typing import Callable
 from image_classifier import datasets
 from image_classifier.demo import lay_out
 from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
-from image_classifier.training import METRICS_FILE
+from image_classifier.training.metrics import METRICS_FILE
 
 CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
                   "debug+profile": {"debug": "true", "profile": "true"}}

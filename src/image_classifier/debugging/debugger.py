@@ -8,7 +8,7 @@ from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
 from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import read_epochs
+from image_classifier.training.metrics import read_epochs
 
 logger = logging.getLogger(__name__)
 
