@@ -8,7 +8,7 @@ import pytest
 from image_classifier.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 from image_classifier.demo import run_demo
 from image_classifier.local import free_port
-from image_classifier.training.job import METRICS_FILE
+from image_classifier.training.metrics import METRICS_FILE
 
 
 @pytest.mark.slow

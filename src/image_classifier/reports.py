@@ -19,7 +19,7 @@ from image_classifier.debugging.results import RuleResult, format_table, write_r
 from image_classifier.profiling import report as profiler_report
 from image_classifier.profiling import rules as profiler_rules
 from image_classifier.profiling.profiler import PROFILER_OUTPUT_DIR, load
-from image_classifier.training import read_epochs
+from image_classifier.training.metrics import read_epochs
 
 logger = logging.getLogger(__name__)
 

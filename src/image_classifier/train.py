@@ -3,12 +3,12 @@
 Follows SageMaker's training contract: reads `/opt/ml/input`, writes `/opt/ml/model`,
 `/opt/ml/output/data` and `/opt/ml/checkpoints`; on any failure writes a one-paragraph reason
 (at most 1024 characters, SageMaker's FailureReason) to `/opt/ml/output/failure` and exits
-non-zero. SIGTERM (spot interruption, StopTrainingJob) saves a checkpoint and exits.
+non-zero (see `training.failure`). SIGTERM (spot interruption, StopTrainingJob) saves a
+checkpoint and exits 143.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -17,20 +17,17 @@ import threading
 import traceback
 
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import TrainingInterrupted
+from image_classifier.training.failure import (
+    TrainingInterrupted,
+    clear_failure,
+    exit_code,
+    failure_reason,
+    write_failure,
+)
 
 logger = logging.getLogger("image_classifier.train")
 
-MAX_FAILURE_REASON = 1024  # characters SageMaker keeps of output/failure
-EXIT_FAILURE = 1
-EXIT_SIGTERM = 143  # 128 + SIGTERM, the shell's convention
 WORKER_ENV = "RANK"  # set by torchrun in each worker process (training/distributed.py)
-
-
-def failure_reason(exc: BaseException) -> str:
-    """One paragraph (no newlines), at most MAX_FAILURE_REASON characters."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= MAX_FAILURE_REASON else text[:MAX_FAILURE_REASON - 3] + "..."
 
 
 def configure_logging() -> None:
@@ -50,7 +47,7 @@ def main() -> int:
     env = SageMakerEnv.from_environ()
     worker = WORKER_ENV in os.environ  # torchrun's; the launching `train` has cleared output/failure
     if not worker:
-        env.failure_path.unlink(missing_ok=True)  # a stale reason from an earlier run is not this run's
+        clear_failure(env)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
@@ -66,18 +63,13 @@ def main() -> int:
             run(env, config, should_stop=distributed.agreed(stop.is_set))
         return 0
     except Exception as exc:  # the training contract: every failure becomes output/failure
-        interrupted = isinstance(exc, TrainingInterrupted)
-        if not interrupted:
-            logger.error("training job failed:\n%s", traceback.format_exc())
-        else:
+        if isinstance(exc, TrainingInterrupted):
             logger.warning("%s", exc)
-        env.output_dir.mkdir(parents=True, exist_ok=True)
-        if not worker:
-            env.failure_path.write_text(failure_reason(exc), encoding="utf-8")
-        else:  # the first worker to fail has the cause; the others fail because it did
-            with contextlib.suppress(FileExistsError), env.failure_path.open("x", encoding="utf-8") as f:
-                f.write(failure_reason(exc))
-        return EXIT_SIGTERM if interrupted else EXIT_FAILURE
+        else:
+            logger.error("training job failed:\n%s", traceback.format_exc())
+        # a worker: the first to fail has the cause; the others fail because it did
+        write_failure(env, failure_reason(exc), first=worker)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR
 from image_classifier.debugging.results import RULES_DIR, RULES_SUMMARY
 from image_classifier.debugging.rule_names import RULE_NAMES
 from image_classifier.training.config import TrainConfig
-from image_classifier.training.job import METRICS_FILE
+from image_classifier.training.metrics import METRICS_FILE
 from tests.training.test_job import run_job
 
 pytest.importorskip("smdebug")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from image_classifier.launch import metrics
-from image_classifier.training.job import METRICS_FILE
+from image_classifier.training.metrics import METRICS_FILE
 from tests.training.test_job import run_job
 
 
@@ -45,7 +45,7 @@ def test_objectives_are_defined_metrics():
     ("x best_valid_accuracy=0.9 valid_accuracy=0.8", "valid_accuracy", ["0.8"]),
     ("images_per_second=3.2e+04", "images_per_second", ["3.2e+04"]),
     ("valid_loss=nan", "valid_loss", []),
-    # an epoch line as the job logs it (image_classifier.training.job.format_metrics)
+    # an epoch line as the job logs it (image_classifier.training.metrics.format_metrics)
     ("INFO image_classifier.training.job: epoch=2 train_loss=0.9 train_accuracy=0.61 valid_loss=0.74 "
      "valid_accuracy=0.75 valid_f1=0.7321 epoch_seconds=3.1 images_per_second=23.4", "valid_f1", ["0.7321"]),
     ("x best_valid_f1=0.9 valid_f1=0", "valid_f1", ["0"]),

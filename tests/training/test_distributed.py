@@ -19,7 +19,8 @@ from image_classifier.evaluation.metrics import macro_f1
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP, SageMakerEnv
 from image_classifier.training import data, distributed
 from image_classifier.training.data import EpochSampler
-from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE
+from image_classifier.training.checkpoints import CHECKPOINT_FILE
+from image_classifier.training.metrics import METRICS_FILE
 from image_classifier.training.loop import Outputs, evaluate
 from image_classifier.transforms import eval_transform
 from tests.conftest import write_digit_tree

@@ -14,7 +14,8 @@ import torch
 
 from image_classifier import artifacts, local, models
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import data, features, read_epochs
+from image_classifier.training import data, features
+from image_classifier.training.metrics import read_epochs
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree

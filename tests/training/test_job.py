@@ -23,10 +23,13 @@ from image_classifier.launch.metrics import metric_regex
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
-from image_classifier.training import data, job
+from image_classifier.training import data, evaluation, job
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.features import FeatureChannel
-from image_classifier.training.job import CHECKPOINT_FILE, METRICS_FILE, run
+from image_classifier.training.checkpoints import CHECKPOINT_FILE
+from image_classifier.training.job import run
+from image_classifier.training.loaders import make_loaders
+from image_classifier.training.metrics import METRICS_FILE
 from image_classifier.training.loop import Outputs
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_view
@@ -273,11 +276,11 @@ def test_without_a_test_channel_the_report_is_of_the_valid_channel(tmp_path, opt
 
 @pytest.fixture
 def test_pass(opt_ml, digit_tree):
-    """(env, config, loader of the test channel, its Outputs: random logits) for `job._write_report`."""
+    """(env, config, loader of the test channel, its Outputs: random logits) for `evaluation.write_report`."""
     env = opt_ml()
     config = TrainConfig.from_hyperparameters(env.hyperparameters())
     classes = data.class_names_of({"train": digit_tree / "train"})
-    loader = job.make_loaders(config, {"test": env.channel_dir("test")}, classes, pin_memory=False)["test"]
+    loader = make_loaders(config, {"test": env.channel_dir("test")}, classes, pin_memory=False)["test"]
     outputs = Outputs()
     torch.manual_seed(0)
     for _, targets in loader:
@@ -292,8 +295,8 @@ def _untrained_state(classes: list[str]) -> dict[str, torch.Tensor]:
 
 def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass, monkeypatch, caplog):
     env, config, classes, loader, outputs = test_pass
-    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), _untrained_state(classes),
-                      torch.device("cpu"))
+    evaluation.write_report(env, job.model_spec(config, classes), "test", loader, evaluation.gathered(loader, outputs),
+                            _untrained_state(classes), torch.device("cpu"))
     written = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
     assert written["images"] == 24 and sum(r["support"] for r in written["per_class"]) == 24
 
@@ -301,8 +304,8 @@ def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass,
         raise RuntimeError("matplotlib is broken")
 
     monkeypatch.setattr(evaluation_report, "write", broken)
-    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), _untrained_state(classes),
-                      torch.device("cpu"))  # no exception
+    evaluation.write_report(env, job.model_spec(config, classes), "test", loader, evaluation.gathered(loader, outputs),
+                            _untrained_state(classes), torch.device("cpu"))  # no exception
     assert "the evaluation report could not be written" in caplog.text and "matplotlib is broken" in caplog.text
     assert json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text()) == written
 
@@ -312,9 +315,9 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     state = _untrained_state(classes)
     probabilities = outputs.arrays()[0]
     cpu = torch.device("cpu")
-    assert job._gradcam_overlays(config, classes, state, probabilities, cpu) is None  # 32 px: a 1x1 map
+    assert evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu) is None  # 32 px: a 1x1 map
     config = dataclasses.replace(config, image_size=64)
-    overlays = job._gradcam_overlays(config, classes, state, probabilities, cpu)
+    overlays = evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu)
 
     view = eval_view(64)
     rows = [3, 0, 17]
@@ -326,7 +329,8 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     assert [np.asarray(d).tolist() for d in drawn] == [np.asarray(e).tolist() for e in expected]
     assert all(np.abs(np.asarray(d, np.int16) - np.asarray(i, np.int16)).mean() > 10 for d, i in zip(drawn, images))
 
-    job._write_report(env, config, classes, "test", loader, job._gathered(loader, outputs), state, cpu)
+    evaluation.write_report(env, job.model_spec(config, classes), "test", loader, evaluation.gathered(loader, outputs),
+                            state, cpu)
     assert "the Grad-CAM heat-map of the predicted class" in (env.output_data_dir / REPORT_DIR /
                                                               evaluation_report.REPORT_FILE).read_text()
 
@@ -336,7 +340,7 @@ def test_cached_features_find_their_images_by_a_new_scan(test_pass):
     images = [path for path, _ in loader.dataset.samples]
     targets = torch.tensor(loader.dataset.targets)
     cached = data.make_loader(FeatureChannel(torch.zeros(24, 4), targets), 8, 0, False, 0, False)
-    assert job._sample_paths(env, "test", cached, classes) == images
+    assert evaluation.sample_paths(env, "test", cached, classes) == images
     stale = data.make_loader(FeatureChannel(torch.zeros(24, 4), targets.roll(1)), 8, 0, False, 0, False)
     with pytest.raises(ValueError, match="differ from its cached features"):
-        job._sample_paths(env, "test", stale, classes)
+        evaluation.sample_paths(env, "test", stale, classes)

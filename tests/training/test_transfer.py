@@ -13,10 +13,10 @@ from PIL import Image
 
 from image_classifier import artifacts, datasets, explain, models
 from image_classifier.serving.predictor import Predictor
-from image_classifier.training import METRICS_FILE
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
 from image_classifier.local import lay_out
+from image_classifier.training.metrics import METRICS_FILE
 from tests.conftest import sdk_hyperparameters
 from tests.serving import servers
 

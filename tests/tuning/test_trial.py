@@ -9,7 +9,8 @@ import pytest
 from image_classifier.launch import metrics
 from image_classifier.launch.search_space import IntegerRange, to_optuna
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training.job import CHECKPOINT_FILE, format_metrics
+from image_classifier.training.checkpoints import CHECKPOINT_FILE
+from image_classifier.training.metrics import format_metrics
 from image_classifier.tuning import trial as trial_module
 from image_classifier.tuning.trial import TrialFailed, TrialJob, link_feature_cache, parse_metrics
 

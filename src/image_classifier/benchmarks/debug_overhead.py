@@ -20,7 +20,7 @@ from pathlib import Path
 
 from image_classifier import datasets, local
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import METRICS_FILE
+from image_classifier.training.metrics import METRICS_FILE
 
 CONFIGURATIONS = {"off": {}, "debug": {"debug": "true"}, "profile": {"profile": "true"},
                   "debug+profile": {"debug": "true", "profile": "true"}}

@@ -38,7 +38,8 @@ from image_classifier.benchmarks.debug_overhead import run_job
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import data, features
 from image_classifier.training.config import TrainConfig
-from image_classifier.training.job import build_model, find_channels, make_loaders
+from image_classifier.training.job import build_model
+from image_classifier.training.loaders import find_channels, make_loaders
 from image_classifier.training.loop import Meter, train_one_epoch
 
 JOB = {"model": "resnet50", "freeze": "backbone", "epochs": "5", "batch-size": "32", "lr": "0.001",

@@ -9,7 +9,7 @@ from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
 from image_classifier.debugging.results import ISSUES, RuleResult, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import read_epochs
+from image_classifier.training.metrics import read_epochs
 
 if TYPE_CHECKING:  # the rules import smdebug: only once the hook has saved tensors
     from image_classifier.debugging.rules import RuleSet

@@ -1,7 +1,7 @@
 """Metric definitions for SageMaker: regexes over the training job's `name=value` log lines.
 
 The training job logs one line per epoch and one at the end
-(`image_classifier.training.job.format_metrics`):
+(`image_classifier.training.metrics.format_metrics`):
 
     epoch=3 train_loss=0.41 train_accuracy=0.88 valid_loss=0.52 valid_accuracy=0.85 valid_f1=0.84
         epoch_seconds=12 images_per_second=410  (one line in the log)

@@ -1,18 +1,9 @@
-"""The training job: hyperparameters, channels, the loop, checkpoints."""
+"""The training job, one concern a module, in reading order.
 
-from __future__ import annotations
-
-import json
-from pathlib import Path
-
-METRICS_FILE = "metrics.json"  # in output/data: every epoch's figures, the best epoch, the test figures
-
-
-def read_epochs(output_data_dir: Path) -> list[dict]:
-    """The per-epoch figures a job wrote to `output_data_dir/metrics.json`; [] when there are none."""
-    path = output_data_dir / METRICS_FILE
-    return json.loads(path.read_text()).get("epochs", []) if path.is_file() else []
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM arrived: a checkpoint was saved and the job stopped (a restart resumes)."""
+`job.run` (the set-up, then the epoch loop) composes `loop` (one epoch of training, one pass
+of evaluation), `loaders` (channels as DataLoaders, of `data` images or `features` cached
+backbone features), `checkpoints` (the resume state), `metrics` (metrics.json and the metric
+log lines), `evaluation` (the validation figures, the end-of-job test pass and report) and
+`distributed` (torchrun, DDP). `config` holds the hyperparameters; `failure` the exit codes
+and the failure file.
+"""

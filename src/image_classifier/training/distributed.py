@@ -37,7 +37,7 @@ from torch import nn
 
 from image_classifier import artifacts
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.train import EXIT_SIGTERM
+from image_classifier.training.failure import EXIT_SIGTERM, write_failure
 from image_classifier.training.loop import Meter
 
 logger = logging.getLogger(__name__)
@@ -338,9 +338,8 @@ def launch(env: SageMakerEnv, job: LaunchPlan) -> int:
         code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if code != 0 and not env.failure_path.exists():
-        env.output_dir.mkdir(parents=True, exist_ok=True)
-        env.failure_path.write_text(
-            f"torchrun exited with code {code}: a training process on {job.current_host} failed or was "
-            f"killed ({job.world_size} processes on {len(job.hosts)} host(s)); see the job's log", encoding="utf-8")
+    if code != 0:  # a worker's reason, when one wrote it, is the cause: keep it
+        write_failure(env, f"torchrun exited with code {code}: a training process on {job.current_host} failed "
+                           f"or was killed ({job.world_size} processes on {len(job.hosts)} host(s)); see the job's log",
+                      first=True)
     return EXIT_SIGTERM if terminated else code

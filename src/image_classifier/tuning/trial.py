@@ -28,7 +28,7 @@ from image_classifier.launch import metrics
 from image_classifier.launch.search_space import suggest
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import features
-from image_classifier.training.job import CHECKPOINT_FILE
+from image_classifier.training.checkpoints import CHECKPOINT_FILE
 
 logger = logging.getLogger(__name__)
 
