@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -318,7 +317,7 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     probabilities = outputs.arrays()[0]
     cpu = torch.device("cpu")
     assert job._gradcam_overlays(config, classes, state, probabilities, cpu) is None  # 32 px: a 1x1 map
-    config = dataclasses.replace(config, image_size=64)
+    config = config.model_copy(update={"image_size": 64})
     overlays = job._gradcam_overlays(config, classes, state, probabilities, cpu)
 
     view = eval_view(64)
