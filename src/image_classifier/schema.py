@@ -12,7 +12,8 @@ range is written once, in the schema.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, Field
