@@ -94,11 +94,11 @@ def _extra(field: FieldInfo, key: str) -> str:
 
 
 def _base(annotation: Any) -> Any:
-    """The annotation without `| None`."""
+    """The annotation without `| None` and `Annotated[...]`: `Whole | None` → int."""
     if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
         members = [a for a in get_args(annotation) if a is not type(None)]
-        return members[0] if len(members) == 1 else annotation
-    return annotation
+        annotation = members[0] if len(members) == 1 else annotation
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def choices(field: FieldInfo) -> tuple[str, ...]:
@@ -151,12 +151,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _default(value: Any) -> str:
+def show(value: Any) -> str:
+    """A default as a user writes it: `true`, `8080`, `""`; None (no value) is `unset`."""
     if isinstance(value, bool):
-        return "`true`" if value else "`false`"
+        return "true" if value else "false"
     if value is None:
         return "unset"
-    return f'`{value}`' if value != "" else '`""`'
+    return str(value) if value != "" else '""'
 
 
 def markdown_table(schema: type[BaseModel], name: Callable[[str], str]) -> str:
@@ -165,7 +166,9 @@ def markdown_table(schema: type[BaseModel], name: Callable[[str], str]) -> str:
     rows = ["| name | type | default | accepts | unit | description |",
             "| --- | --- | --- | --- | --- | --- |"]
     for field_name, field in schema.model_fields.items():
-        cells = (f"`{name(field_name)}`", type_name(field), _default(field.default), accepts(field),
+        default = show(field.default)
+        cells = (f"`{name(field_name)}`", type_name(field), default if field.default is None else f"`{default}`",
+                 accepts(field),
                  unit(field), field.description or "")
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(rows) + "\n"
