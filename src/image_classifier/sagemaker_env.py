@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from image_classifier.schema import FALSE_WORDS, TRUE_WORDS  # noqa: F401 (re-exported: how a flag is written)
 from image_classifier.schema import Flag, Real, Whole, accepts, setting, show
 
 # Environment variable names.
@@ -170,7 +169,7 @@ class ServerSettings(BaseModel):
         validation_alias=MAX_IMAGE_PIXELS_ENV)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> "ServerSettings":
+    def from_environ(cls, environ: Mapping[str, str]) -> ServerSettings:
         """The settings from `environ`'s variables (others are ignored; empty ones keep the default).
 
         Raises:
@@ -221,7 +220,7 @@ class SageMakerEnv:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "SageMakerEnv":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> SageMakerEnv:
         """Build the snapshot from `environ` (default: `os.environ`)."""
         environ = dict(os.environ if environ is None else environ)
         return cls(base_dir=Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)), environ=environ)
