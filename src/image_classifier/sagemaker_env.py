@@ -34,19 +34,27 @@ MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
 TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
 THREADS_ENV = "MODEL_SERVER_THREADS"          # request threads per worker
 MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pass
-# A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
-# run (docker compose) set them without writing hyperparameters.json.
 HYPERPARAMETERS_ENV = "SM_HPS"
-# The cluster as the sagemaker-training toolkit's environment.py passes it to user scripts;
-# resourceconfig.json, which SageMaker itself writes, comes first.
-HOSTS_ENV = "SM_HOSTS"                # JSON list of host names, e.g. ["algo-1", "algo-2"]
-CURRENT_HOST_ENV = "SM_CURRENT_HOST"  # e.g. "algo-1"
+HOSTS_ENV = "SM_HOSTS"
+CURRENT_HOST_ENV = "SM_CURRENT_HOST"
 # SageMaker's own hyperparameters that shape a distributed job, as the toolkit reads them
 # (sagemaker_training/params.py; runner.py uses the first for torch_distributed too).
 PROCESSES_PER_HOST_HP = "sagemaker_mpi_num_of_processes_per_host"  # default: GPUs, or 1 without
 DISTRIBUTION_GROUPS_HP = "sagemaker_distribution_instance_groups"  # heterogeneous clusters
 
 DEFAULT_BASE_DIR = "/opt/ml"
+# The training job's variables (the model server's are ServerSettings' fields): name -> (default,
+# meaning), for docs/reference/environment.md.
+LAYOUT_VARIABLES: dict[str, tuple[str, str]] = {
+    BASE_DIR_ENV: (DEFAULT_BASE_DIR, "Root of the SageMaker layout. Relocates it, as the sagemaker-training "
+                   "toolkit's variable does, so tests and local runs lay out a whole /opt/ml tree in any folder."),
+    HYPERPARAMETERS_ENV: ("unset", "A JSON object of hyperparameters that adds to and overrides "
+                          "hyperparameters.json (the sagemaker-training toolkit's name): a local run (docker "
+                          "compose) sets them without writing the file."),
+    HOSTS_ENV: ("unset", 'JSON list of the job\'s hosts, e.g. ["algo-1", "algo-2"], as the sagemaker-training '
+                "toolkit passes it to user scripts; resourceconfig.json, which SageMaker itself writes, comes first."),
+    CURRENT_HOST_ENV: ("algo-1", "This host's name, e.g. algo-1; resourceconfig.json comes first."),
+}
 
 
 # File names inside input/config, as SageMaker writes them.

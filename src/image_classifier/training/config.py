@@ -64,7 +64,8 @@ class TrainConfig(BaseModel):
         "statistics fixed), then everything.", unit="epochs", ge=0,
         accepts=">= 0, and with freeze=none fewer than epochs (else the backbone never trains)")
     backbone_lr_scale: Real = setting(1.0, "With freeze=none: the backbone's learning rate as a fraction of lr "
-                                      "(discriminative learning rates; 1 = one rate for all).", gt=0, le=1)
+                                      "(discriminative learning rates; 1 = one rate for all).", unit="fraction of lr",
+                                      gt=0, le=1)
     dropout: Real = setting(0.0, "Dropout before each Linear layer of the new head; 0 = none.",
                             unit="probability", ge=0, lt=1)
     head_hidden: Word = setting("", "Hidden layer sizes of the new head, such as `512,256`; empty = a single "
