@@ -4,7 +4,8 @@ Paths follow the training contract in the SageMaker developer guide ("How Amazon
 provides training information", "Use checkpoints in Amazon SageMaker") and the hosting
 contract ("Use your own inference code with hosting services"). `SAGEMAKER_BASE_DIR`
 relocates the root, as the sagemaker-training toolkit does, so tests and local runs can lay
-out a whole `/opt/ml` tree in any folder.
+out a whole `/opt/ml` tree in any folder. The model server's environment variables are typed and
+checked by `ServerSettings` (`SageMakerEnv.server`); docs/reference/environment.md lists them.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ class SageMakerEnv:
 
     Attributes:
         base_dir: the `/opt/ml` root (or `SAGEMAKER_BASE_DIR`).
+        environ: the environment it was built from; `server` reads the model server's settings
+            from it on first use, so a training job never fails on a server variable.
     """
 
     base_dir: Path

@@ -30,7 +30,11 @@ def _not_a(kind: str) -> PydanticCustomError:
 
 
 def parse_flag(value: Any) -> bool:
-    """`True`/`False`, or one of TRUE_WORDS / FALSE_WORDS in any case and spacing."""
+    """`True`/`False`, or one of TRUE_WORDS / FALSE_WORDS in any case and spacing.
+
+    Raises:
+        PydanticCustomError: of type NOT_A, for any other value.
+    """
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -40,7 +44,11 @@ def parse_flag(value: Any) -> bool:
 
 
 def parse_whole(value: Any) -> int:
-    """A whole number, also written as a float (`"32.0"`, `"3.2e1"`: SageMaker's tuner writes those)."""
+    """A whole number, also written as a float (`"32.0"`, `"3.2e1"`: SageMaker's tuner writes those).
+
+    Raises:
+        PydanticCustomError: of type NOT_A, for a bool, a fraction, inf, nan or text that is no number.
+    """
     if isinstance(value, bool):
         raise _not_a("a whole number")
     text = str(value).strip()
@@ -58,7 +66,11 @@ def parse_whole(value: Any) -> int:
 
 
 def parse_real(value: Any) -> float:
-    """A finite number: `"inf"` and `"nan"` parse in Python, but no range check can refuse them."""
+    """A finite number as a float: `"inf"` and `"nan"` parse in Python, but no range check can refuse them.
+
+    Raises:
+        PydanticCustomError: of type NOT_A, for a bool, inf, nan or text that is no number.
+    """
     if isinstance(value, bool):
         raise _not_a("a number")
     try:
