@@ -215,7 +215,7 @@ def test_sm_hps_must_be_a_json_object(tmp_path, env):
 def test_invalid_server_setting_names_the_variable_the_value_and_what_it_accepts(name, value, accepts):
     env = SageMakerEnv.from_environ({name: value})  # the layout does not need the server's settings
     with pytest.raises(ValueError) as info:
-        env.server
+        _ = env.server
     assert f"environment variable {name}={value!r} is invalid: must be {accepts}" in str(info.value)
 
 
@@ -238,6 +238,6 @@ def test_server_settings_are_built_once_and_frozen():
 
 def test_defaults_come_from_the_schema():
     settings = sm.ServerSettings()
-    assert (sm.DEFAULT_PORT, sm.DEFAULT_WORKERS, sm.DEFAULT_THREADS, sm.DEFAULT_MAX_BATCH) == \
-        (settings.port, settings.model_server_workers, settings.model_server_threads, settings.max_batch)
+    assert (settings.port, settings.model_server_workers, settings.model_server_threads, settings.max_batch) == \
+        (sm.DEFAULT_PORT, sm.DEFAULT_WORKERS, sm.DEFAULT_THREADS, sm.DEFAULT_MAX_BATCH)
     assert settings.max_payload_bytes == sm.DEFAULT_MAX_PAYLOAD_MB * 1_000_000

@@ -17,16 +17,7 @@ from pydantic_core import PydanticCustomError
 from image_classifier import models
 from image_classifier.debugging.rules import RULE_NAMES
 from image_classifier.sagemaker_env import unwrap_hyperparameter
-from image_classifier.schema import (
-    NOT_A,
-    Flag,
-    Real,
-    Whole,
-    Word,
-    accepts,
-    parse_word,
-    setting,
-)
+from image_classifier.schema import NOT_A, Flag, Real, Whole, Word, accepts, parse_word, setting
 
 SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # SageMaker's own hyperparameters: ignored
 CROSS_FIELD = "cross_field"  # the pydantic error type of a check between two hyperparameters
