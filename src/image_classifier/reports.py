@@ -15,7 +15,7 @@ from pathlib import Path
 
 from image_classifier.debugging import report as debugger_report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, TENSORS_DIR
-from image_classifier.debugging.rules import RuleResult, RuleSet, format_table, write_results
+from image_classifier.debugging.results import RuleResult, format_table, write_results
 from image_classifier.profiling import report as profiler_report
 from image_classifier.profiling import rules as profiler_rules
 from image_classifier.profiling.profiler import PROFILER_OUTPUT_DIR, load
@@ -75,6 +75,8 @@ def rebuild(output: Path, out: Path) -> dict[str, list[RuleResult]]:
     tensors = output / DEBUG_OUTPUT_DIR / TENSORS_DIR
     if tensors.is_dir():
         from smdebug.trials import create_trial
+
+        from image_classifier.debugging.rules import RuleSet  # imports smdebug: only for a job that saved tensors
 
         trial = create_trial(str(tensors))
         results["debugger"] = list(RuleSet(trial).evaluate().values())

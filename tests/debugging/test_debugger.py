@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from image_classifier.debugging.rules import RULES_DIR, RULES_SUMMARY
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR
-from image_classifier.debugging.rules import RULE_NAMES
+from image_classifier.debugging.results import RULES_DIR, RULES_SUMMARY
+from image_classifier.debugging.rule_names import RULE_NAMES
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import METRICS_FILE
 from tests.training.test_job import run_job
@@ -38,7 +38,7 @@ def test_debug_stop_on_stops_training_when_the_rule_fires(opt_ml):
 
 @pytest.mark.parametrize("value", ["Overfit,Nope", "vanishing_gradient"])
 def test_debug_stop_on_names_known_rules(value):
-    with pytest.raises(ValueError, match="debug-stop-on.*VanishingGradient"):
+    with pytest.raises(ValueError, match=r"debug-stop-on.*VanishingGradient"):
         TrainConfig.from_hyperparameters({"debug-stop-on": value})
 
 

@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 from image_classifier import models
-from image_classifier.debugging.hook import (DEBUG_OUTPUT_DIR, HOOK_CONFIG_FILE, LABELS, PREDICTIONS, TENSORS_DIR,
-                                             DebugHook, hook_config)
+from image_classifier.debugging.hook import (
+    DEBUG_OUTPUT_DIR,
+    HOOK_CONFIG_FILE,
+    LABELS,
+    PREDICTIONS,
+    TENSORS_DIR,
+    DebugHook,
+    hook_config,
+)
 from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
@@ -71,8 +78,10 @@ def test_sagemakers_debughookconfig_saves_exactly_its_collections(opt_ml):
         "S3OutputPath": "s3://bucket/job/debug-output",
         "HookParameters": {"save_interval": "100"},
         "CollectionConfigurations": [
-            {"CollectionName": "losses", "CollectionParameters": {"train.save_interval": "3", "eval.save_interval": "2"}},
-            {"CollectionName": "biases", "CollectionParameters": {"train.save_interval": "4", "eval.save_interval": "3"}},
+            {"CollectionName": "losses",
+             "CollectionParameters": {"train.save_interval": "3", "eval.save_interval": "2"}},
+            {"CollectionName": "biases",
+             "CollectionParameters": {"train.save_interval": "4", "eval.save_interval": "3"}},
         ]}))
     run_in_process(env)
     trial = trial_of(env)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -19,10 +19,11 @@ from image_classifier.debugging.hook import HOOK_CONFIG_FILE, DebugHook
 from image_classifier.sagemaker_env import SageMakerEnv
 
 pytest.importorskip("smdebug")
-from smdebug.trials import create_trial  # noqa: E402
+from smdebug.trials import create_trial
 
-from image_classifier.debugging import rules  # noqa: E402
-from image_classifier.debugging.rules import ISSUES, NO_ISSUES, NOT_APPLICABLE, RuleSet  # noqa: E402
+from image_classifier.debugging import rule_names, rules
+from image_classifier.debugging.results import ISSUES, NO_ISSUES, NOT_APPLICABLE, format_table
+from image_classifier.debugging.rules import RuleSet
 
 EVERY_STEP = ["weights", "gradients", "biases", "losses", "labels", "predictions", "relu_input", "relu_output"]
 
@@ -217,6 +218,27 @@ def test_aws_json_and_table(healthy):
     report = healthy["Overfit"].aws_json()
     assert set(report) == {"RuleTriggered", "Violations", "Details", "Datapoints", "RuleParameters"}
     assert "ratio_threshold:0.1" in report["RuleParameters"]
-    table = rules.format_table(healthy.values())
+    table = format_table(healthy.values())
     assert table.splitlines()[0].split()[:4] == ["rule", "status", "step", "violations"]
     assert len(table.splitlines()) == 1 + len(rules.RULE_NAMES)
+
+
+def test_the_registry_is_rule_names():
+    """One rule class per entry of `rule_names.RULE_DEFAULTS`, in its order (the order they run)."""
+    assert rules.RULE_NAMES == rule_names.RULE_NAMES == tuple(rule_names.RULE_DEFAULTS)
+
+
+@pytest.mark.parametrize("rule", rules.RULE_NAMES)
+def test_a_rules_defaults_are_its_rule_names_entry(healthy, rule):
+    assert healthy[rule].parameters == dict(rule_names.RULE_DEFAULTS[rule])
+
+
+def test_register_rule_rejects_a_rule_without_defaults_and_a_second_registration():
+    with pytest.raises(ValueError, match="add its entry there"):
+        @rules.register_rule
+        class Nameless(rules.ProjectRule):
+            pass
+
+    with pytest.raises(ValueError, match="registered twice"):
+        rules.register_rule(rules.Overfit)
+    assert rules.RULE_NAMES == rule_names.RULE_NAMES

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from image_classifier.debugging.rules import ISSUES, NO_ISSUES, NOT_APPLICABLE
+from image_classifier.debugging.results import ISSUES, NO_ISSUES, NOT_APPLICABLE
 from image_classifier.profiling import rules
 from image_classifier.profiling.rules import ProfileData
 
@@ -18,7 +18,9 @@ def samples(gpu_util, gpu_memory=None, cpu=50.0, iowait=0.0, n=N) -> list[dict]:
         return float(value[i]) if np.ndim(value) else float(value)
 
     gpus = gpu_util if isinstance(gpu_util, list) else [gpu_util]
-    memories = gpu_memory if isinstance(gpu_memory, list) else [gpu_memory if gpu_memory is not None else 80.0] * len(gpus)
+    if not isinstance(gpu_memory, list):
+        gpu_memory = [gpu_memory if gpu_memory is not None else 80.0] * len(gpus)
+    memories = gpu_memory
     return [{"time": i * 0.5, "cpu": [at(cpu, i), at(cpu, i)], "memory": 30.0, "iowait": at(iowait, i),
              "gpus": [{"utilization": at(g, i), "memory": at(m, i)} for g, m in zip(gpus, memories)]}
             for i in range(n)]

@@ -26,14 +26,37 @@ def rows(value: float, n: int = 1, side: int = 4) -> torch.Tensor:
     return torch.full((n, 3, side, side), value)
 
 
-def first_then_queued(threads: list[threading.Thread], gate: threading.Event) -> None:
+class Gate:
+    """Where the forward passes wait, as `threading.Event` does, until `set()`; `entered` tells
+    that one is waiting there."""
+
+    def __init__(self):
+        self.entered, self._open = threading.Event(), threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        self.entered.set()
+        return self._open.wait(timeout)
+
+    def set(self) -> None:
+        self._open.set()
+
+
+def wait_until_waiting(batcher: Batcher, n: int, timeout: float = 10.0) -> None:
+    """Return once `n` requests wait in `batcher`'s queue (a bounded wait: fail after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while batcher.waiting != n:
+        assert time.monotonic() < deadline, f"{batcher.waiting} requests waiting after {timeout} s, not {n}"
+        time.sleep(0.001)
+
+
+def first_then_queued(batcher: Batcher, threads: list[threading.Thread], gate: Gate) -> None:
     """Start the first thread, whose forward pass blocks on `gate`, then the others (they queue
     behind it), open the gate and wait for all."""
     threads[0].start()
-    time.sleep(0.2)  # the first request's forward is running
+    assert gate.entered.wait(10)  # the first request's forward is running
     for thread in threads[1:]:
         thread.start()
-    time.sleep(0.2)
+    wait_until_waiting(batcher, len(threads) - 1)
     gate.set()
     for thread in threads:
         thread.join(10)
@@ -52,7 +75,7 @@ def test_a_lone_request_is_not_kept_waiting(lock):
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(lock):
-    gate = threading.Event()
+    gate = Gate()
     sizes = []
 
     def slow(batch):
@@ -67,13 +90,13 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(lock):
         results[i] = batcher.predict(rows(float(i), n=2))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    first_then_queued(threads, gate)
+    first_then_queued(batcher, threads, gate)
     assert {i: r.ravel().tolist() for i, r in results.items()} == {i: [float(i)] * 2 for i in range(6)}
     assert sizes == [2, 10]  # the five waiting requests (10 images) in one forward pass
 
 
 def test_max_images_and_sizes_split_batches(lock):
-    gate = threading.Event()
+    gate = Gate()
     sizes = []
 
     def slow(batch):
@@ -82,9 +105,9 @@ def test_max_images_and_sizes_split_batches(lock):
         return identify(batch)
 
     batcher = Batcher(slow, max_images=4, lock=lock)
-    bodies = [rows(0.0)] + [rows(1.0, 3), rows(2.0, 3), rows(3.0, 1, side=8)]
+    bodies = [rows(0.0), rows(1.0, 3), rows(2.0, 3), rows(3.0, 1, side=8)]
     threads = [threading.Thread(target=batcher.predict, args=(b,)) for b in bodies]
-    first_then_queued(threads, gate)
+    first_then_queued(batcher, threads, gate)
     assert sizes[0] == (1, 3, 4, 4)
     assert sorted(sizes[1:]) == [(1, 3, 8, 8), (3, 3, 4, 4), (3, 3, 4, 4)]  # never over 4, never mixed sizes
 
@@ -107,7 +130,7 @@ def test_a_failed_forward_fails_its_requests_and_the_batcher_goes_on(lock):
 def test_preparing_runs_in_the_batcher_thread_and_a_bad_input_fails_alone(lock):
     """Preprocessing happens in the thread of the forward pass (one OpenMP team per worker);
     an input that fails to preprocess fails its own request, not the others of its batch."""
-    gate, threads_seen = threading.Event(), set()
+    gate, threads_seen = Gate(), set()
 
     def prepare(item):
         threads_seen.add(threading.current_thread().name)
@@ -130,7 +153,7 @@ def test_preparing_runs_in_the_batcher_thread_and_a_bad_input_fails_alone(lock):
             results[item] = str(exc)
 
     clients = [threading.Thread(target=client, args=(item,)) for item in ("1", "2", "bad", "3")]
-    first_then_queued(clients, gate)
+    first_then_queued(batcher, clients, gate)
     assert results == {"1": [1.0], "2": [2.0], "bad": "cannot preprocess", "3": [3.0]}
     assert threads_seen == {"batcher"} and batcher.batches == 2
 
@@ -153,7 +176,7 @@ class RecordingLock:
 def test_a_task_runs_alone_in_the_batcher_thread_holding_the_lock_between_batches():
     """`Batcher.run`: the task waits its turn in the queue, runs by itself (the requests before it
     in one batch, those after in the next), in the batcher's thread, with the lock held."""
-    gate, events, lock = threading.Event(), [], RecordingLock()
+    gate, events, lock = Gate(), [], RecordingLock()
 
     def slow(batch):
         events.append(("forward", identify(batch).ravel().tolist()))
@@ -171,9 +194,11 @@ def test_a_task_runs_alone_in_the_batcher_thread_holding_the_lock_between_batche
              lambda: batcher.predict(rows(3.0)), lambda: batcher.predict(rows(4.0))]
     threads = [threading.Thread(target=lambda i=i, call=call: results.__setitem__(i, call()))
                for i, call in enumerate(calls)]
-    for thread in threads:  # queued in this order behind the first forward pass
+    threads[0].start()
+    assert gate.entered.wait(10)
+    for queued, thread in enumerate(threads[1:], 1):  # queued in this order behind the first forward pass
         thread.start()
-        time.sleep(0.1)
+        wait_until_waiting(batcher, queued)
     gate.set()
     for thread in threads:
         thread.join(10)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
-from image_classifier.debugging.rules import ISSUES, RULE_NAMES, RuleResult, RuleSet, format_table, write_results
+from image_classifier.debugging.results import ISSUES, RuleResult, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import read_epochs
+
+if TYPE_CHECKING:  # the rules import smdebug: only once the hook has saved tensors
+    from image_classifier.debugging.rules import RuleSet
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ class Debugger:
         self._reported: set[str] = set()
 
     @classmethod
-    def create(cls, env: SageMakerEnv, debug: bool, stop_on: tuple[str, ...] = ()) -> "Debugger | None":
+    def create(cls, env: SageMakerEnv, debug: bool, stop_on: tuple[str, ...] = ()) -> Debugger | None:
         """The job's debugger, or None when neither `debug` nor SageMaker's hook file asks for one.
 
         Raises:
@@ -36,6 +40,8 @@ class Debugger:
     def _rule_set(self) -> RuleSet | None:
         if self._rules is None and self.hook.out_dir.is_dir():
             from smdebug.trials import create_trial
+
+            from image_classifier.debugging.rules import RULE_NAMES, RuleSet
 
             self._rules = RuleSet(create_trial(str(self.hook.out_dir)), RULE_NAMES)
         return self._rules

@@ -119,7 +119,7 @@ class DebugHook:
         self._records = [n for n in (LABELS, PREDICTIONS) if n in (hook.include_collections or ())]
 
     @classmethod
-    def create(cls, env: SageMakerEnv, debug: bool) -> "DebugHook | None":
+    def create(cls, env: SageMakerEnv, debug: bool) -> DebugHook | None:
         """The hook the job asks for, or None (then debugging costs nothing).
 
         SageMaker's `debughookconfig.json` wins; else `debug` gives `hook_config()` writing to

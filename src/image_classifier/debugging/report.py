@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from image_classifier.debugging.rules import RuleResult
+from image_classifier.debugging.results import RuleResult
 from image_classifier.html_page import Page, subplots
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from image_classifier import artifacts
-from image_classifier.debugging.rules import RuleResult, format_table, write_results
+from image_classifier.debugging.results import RuleResult, format_table, write_results
 from image_classifier.profiling import report, rules
 from image_classifier.profiling.monitor import SystemMonitor, read_jsonl
 from image_classifier.profiling.steps import StepTimer
@@ -34,7 +34,7 @@ class Profiler:
         self.job_start = _process_start()
 
     @classmethod
-    def create(cls, env: SageMakerEnv, profile: bool, device: torch.device, num_workers: int) -> "Profiler | None":
+    def create(cls, env: SageMakerEnv, profile: bool, device: torch.device, num_workers: int) -> Profiler | None:
         """The profiler when `profile` is asked for, else None (then profiling costs nothing).
 
         Raises:

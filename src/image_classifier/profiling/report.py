@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from image_classifier.debugging.report import rules_table
-from image_classifier.debugging.rules import RuleResult
+from image_classifier.debugging.results import RuleResult
 from image_classifier.html_page import Page, subplots
 from image_classifier.profiling.rules import ProfileData, usage_summary
 from image_classifier.profiling.steps import PHASES

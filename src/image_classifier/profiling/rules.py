@@ -12,15 +12,13 @@ that judges GPUs says NotApplicable without one. Datapoints are system monitor s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from image_classifier.debugging.rules import ISSUES, NO_ISSUES, NOT_APPLICABLE, RuleResult
-
-PROFILER_RULE_NAMES = ("LowGPUUtilization", "CPUBottleneck", "IOBottleneck", "BatchSize", "GPUMemoryIncrease",
-                       "StepOutlier", "Dataloader", "MaxInitializationTime", "OverallSystemUsage", "LoadBalancing")
+from image_classifier.debugging.results import ISSUES, NO_ISSUES, NOT_APPLICABLE, RuleResult
 
 
 @dataclass
@@ -240,6 +238,7 @@ _RULES: dict[str, Callable[[ProfileData, dict], RuleResult]] = {
     "Dataloader": dataloader, "MaxInitializationTime": max_initialization_time,
     "OverallSystemUsage": overall_system_usage, "LoadBalancing": load_balancing,
 }
+PROFILER_RULE_NAMES: tuple[str, ...] = tuple(_RULES)  # in the order they run and are reported
 
 
 def evaluate(data: ProfileData, parameters: dict[str, dict] | None = None) -> dict[str, RuleResult]:

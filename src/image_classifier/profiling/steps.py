@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class StepTimer(NoTimer):
 
     def start(self) -> None:
         self.steps_path.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(self.steps_path, "a", encoding="utf-8")
+        self._out = open(self.steps_path, "a", encoding="utf-8")  # noqa: SIM115 (open from start to close)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sized, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -58,14 +59,20 @@ class Batcher:
         lock: held around each batch's preprocessing and forward passes; default the server's.
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor], np.ndarray], prepare: Callable[[Any], torch.Tensor] = _identity,
-                 max_images: int = DEFAULT_MAX_IMAGES, lock: ForwardLock | None = None):
+    def __init__(self, forward: Callable[[torch.Tensor], np.ndarray],
+                 prepare: Callable[[Any], torch.Tensor] = _identity, max_images: int = DEFAULT_MAX_IMAGES,
+                 lock: ForwardLock | None = None):
         self.forward, self.prepare, self.max_images = forward, prepare, max_images
         self.lock = lock or RunDir().lock()
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._backlog: deque[_Request] = deque()  # taken from the queue but not fitting the last batch
         self.batches = 0  # forward passes run: the tests read it
         threading.Thread(target=self._run, name="batcher", daemon=True).start()
+
+    @property
+    def waiting(self) -> int:
+        """Requests and tasks handed in and not yet taken into a batch (the tests wait on it)."""
+        return self._queue.qsize() + len(self._backlog)
 
     def predict(self, item: Sized) -> np.ndarray:
         """Probabilities (len(item), classes) float32, computed with whatever else is waiting.

@@ -15,7 +15,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from image_classifier import models
-from image_classifier.debugging.rules import RULE_NAMES
+from image_classifier.debugging.rule_names import RULE_NAMES
 from image_classifier.sagemaker_env import unwrap_hyperparameter
 from image_classifier.schema import NOT_A, Flag, Real, Whole, Word, accepts, parse_word, setting
 
