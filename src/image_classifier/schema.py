@@ -12,6 +12,7 @@ range is written once, in the schema.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -159,10 +160,13 @@ def unit(field: FieldInfo) -> str:
     return _extra(field, "unit")
 
 
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # `<name>` would be read as an HTML tag; `<= 10` is text
+
+
 def _cell(text: str) -> str:
-    """`text` for a Markdown table cell: `|` escaped, and `<` outside code spans (not an HTML tag)."""
+    """`text` for a Markdown table cell: `|` escaped, and `<` that would open an HTML tag outside code spans."""
     parts = text.replace("|", "\\|").replace("\n", " ").split("`")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+    return "`".join(p if i % 2 else _TAG_START.sub("&lt;", p) for i, p in enumerate(parts))
 
 
 def show(value: Any) -> str:
