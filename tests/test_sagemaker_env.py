@@ -198,3 +198,46 @@ def test_sm_hps_adds_to_and_overrides_the_file(tmp_path, file, env, expected):
 def test_sm_hps_must_be_a_json_object(tmp_path, env):
     with pytest.raises(ValueError, match="SM_HPS"):
         SageMakerEnv.from_environ({"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_HPS": env}).hyperparameters()
+
+
+@pytest.mark.parametrize("name, value, accepts", [
+    (sm.MODEL_SERVER_WORKERS_ENV, "two", "a whole number >= 1"),
+    (sm.MODEL_SERVER_WORKERS_ENV, "0", "a whole number >= 1"),
+    (sm.THREADS_ENV, "1.5", "a whole number >= 1"),
+    (sm.MODEL_SERVER_TIMEOUT_ENV, "-1", "a whole number >= 0"),
+    (sm.MAX_PAYLOAD_ENV, "0", "a number > 0"),
+    (sm.MAX_PAYLOAD_ENV, "inf", "a number > 0"),
+    (sm.BIND_TO_PORT_ENV, "70000", "a whole number in [1, 65535]"),
+    (sm.MAX_BATCH_ENV, "0", "a whole number >= 1"),
+    (sm.TORCHSCRIPT_ENV, "maybe", "true or false"),
+    (sm.MAX_IMAGE_PIXELS_ENV, "lots", "a whole number >= 1"),
+])
+def test_invalid_server_setting_names_the_variable_the_value_and_what_it_accepts(name, value, accepts):
+    env = SageMakerEnv.from_environ({name: value})  # the layout does not need the server's settings
+    with pytest.raises(ValueError) as info:
+        _ = env.server
+    assert f"environment variable {name}={value!r} is invalid: must be {accepts}" in str(info.value)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({sm.MODEL_SERVER_WORKERS_ENV: " 2 "}, 2),
+    ({sm.MODEL_SERVER_WORKERS_ENV: "2.0"}, 2),
+    ({sm.MODEL_SERVER_WORKERS_ENV: ""}, 1),    # empty keeps the default
+    ({"UNRELATED": "x"}, 1),
+])
+def test_server_settings_spellings(environ, expected):
+    assert SageMakerEnv.from_environ(environ).model_server_workers == expected
+
+
+def test_server_settings_are_built_once_and_frozen():
+    env = SageMakerEnv.from_environ({sm.THREADS_ENV: "4"})
+    assert env.server is env.server and env.model_server_threads == 4
+    with pytest.raises(ValueError):
+        env.server.model_server_threads = 2  # type: ignore[misc]
+
+
+def test_defaults_come_from_the_schema():
+    settings = sm.ServerSettings()
+    assert (settings.port, settings.model_server_workers, settings.model_server_threads, settings.max_batch) == \
+        (sm.DEFAULT_PORT, sm.DEFAULT_WORKERS, sm.DEFAULT_THREADS, sm.DEFAULT_MAX_BATCH)
+    assert settings.max_payload_bytes == sm.DEFAULT_MAX_PAYLOAD_MB * 1_000_000

@@ -4,16 +4,23 @@ Paths follow the training contract in the SageMaker developer guide ("How Amazon
 provides training information", "Use checkpoints in Amazon SageMaker") and the hosting
 contract ("Use your own inference code with hosting services"). `SAGEMAKER_BASE_DIR`
 relocates the root, as the sagemaker-training toolkit does, so tests and local runs can lay
-out a whole `/opt/ml` tree in any folder.
+out a whole `/opt/ml` tree in any folder. The model server's environment variables are typed and
+checked by `ServerSettings` (`SageMakerEnv.server`); docs/reference/environment.md lists them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from image_classifier.schema import Flag, Real, Whole, accepts, setting, show
 
 # Environment variable names.
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
@@ -28,28 +35,28 @@ MAX_IMAGE_PIXELS_ENV = "MODEL_SERVER_MAX_IMAGE_PIXELS"
 TORCHSCRIPT_ENV = "MODEL_SERVER_TORCHSCRIPT"  # "false": serve the eager model
 THREADS_ENV = "MODEL_SERVER_THREADS"          # request threads per worker
 MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pass
-TRUE_WORDS = frozenset({"true", "1", "yes", "on"})    # how a boolean setting is written
-FALSE_WORDS = frozenset({"false", "0", "no", "off"})
-DEFAULT_WORKERS = 1
-DEFAULT_THREADS = 8
-DEFAULT_MAX_BATCH = 16
-# A JSON object of hyperparameters, as the sagemaker-training toolkit names it: lets a local
-# run (docker compose) set them without writing hyperparameters.json.
 HYPERPARAMETERS_ENV = "SM_HPS"
-# The cluster as the sagemaker-training toolkit's environment.py passes it to user scripts;
-# resourceconfig.json, which SageMaker itself writes, comes first.
-HOSTS_ENV = "SM_HOSTS"                # JSON list of host names, e.g. ["algo-1", "algo-2"]
-CURRENT_HOST_ENV = "SM_CURRENT_HOST"  # e.g. "algo-1"
+HOSTS_ENV = "SM_HOSTS"
+CURRENT_HOST_ENV = "SM_CURRENT_HOST"
 # SageMaker's own hyperparameters that shape a distributed job, as the toolkit reads them
 # (sagemaker_training/params.py; runner.py uses the first for torch_distributed too).
 PROCESSES_PER_HOST_HP = "sagemaker_mpi_num_of_processes_per_host"  # default: GPUs, or 1 without
 DISTRIBUTION_GROUPS_HP = "sagemaker_distribution_instance_groups"  # heterogeneous clusters
 
 DEFAULT_BASE_DIR = "/opt/ml"
-DEFAULT_PORT = 8080
-DEFAULT_TIMEOUT_SECONDS = 60
-# SageMaker real-time endpoints accept at most 6 MB per InvokeEndpoint request.
-DEFAULT_MAX_PAYLOAD_MB = 6
+# The training job's variables (the model server's are ServerSettings' fields): name -> (default,
+# meaning), for docs/reference/environment.md.
+LAYOUT_VARIABLES: dict[str, tuple[str, str]] = {
+    BASE_DIR_ENV: (DEFAULT_BASE_DIR, "Root of the SageMaker layout. Relocates it, as the sagemaker-training "
+                   "toolkit's variable does, so tests and local runs lay out a whole /opt/ml tree in any folder."),
+    HYPERPARAMETERS_ENV: ("unset", "A JSON object of hyperparameters that adds to and overrides "
+                          "hyperparameters.json (the sagemaker-training toolkit's name): a local run (docker "
+                          "compose) sets them without writing the file."),
+    HOSTS_ENV: ("unset", 'JSON list of the job\'s hosts, e.g. ["algo-1", "algo-2"], as the sagemaker-training '
+                "toolkit passes it to user scripts; resourceconfig.json, which SageMaker itself writes, comes first."),
+    CURRENT_HOST_ENV: ("algo-1", "This host's name, e.g. algo-1; resourceconfig.json comes first."),
+}
+
 
 # File names inside input/config, as SageMaker writes them.
 HYPERPARAMETERS_FILE = "hyperparameters.json"
@@ -124,19 +131,107 @@ def execution_parameters(workers: int, threads: int, max_payload_bytes: int) -> 
     return {"MaxConcurrentTransforms": workers * threads, "BatchStrategy": "SINGLE_RECORD",
             "MaxPayloadInMB": max(1, max_payload_bytes // 1_000_000)}
 
+
+class ServerSettings(BaseModel):
+    """The model server's settings: its environment variables, typed, checked and frozen.
+
+    Built once per snapshot by `SageMakerEnv.server` (gunicorn_config and the app read them from
+    there). Each field is read from the variable named by its alias; an unset or empty variable
+    keeps the default. `docs/reference/environment.md` is generated from these fields
+    (`python -m image_classifier.reference`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+    port: Whole = setting(
+        8080, "Port the server listens on, on all interfaces. 8080 is the port of SageMaker's hosting "
+        "contract; SageMaker sets the variable where a container must use another (inference pipelines).",
+        unit="TCP port", ge=1, le=65535, validation_alias=BIND_TO_PORT_ENV)
+    model_server_workers: Whole = setting(
+        1, "gunicorn worker processes, each with a copy of the model. 1, not one per core as in AWS's BYOC "
+        "sample: each worker's forward passes use every core and the workers take turns (serving/batcher.py), "
+        "so more workers add resilience (one answers while another restarts), not speed. Measured here "
+        "(resnet50, 2 cores, concurrency 8): 1 worker 21.2 images/s, 2 workers 17.4.",
+        unit="processes", ge=1, validation_alias=MODEL_SERVER_WORKERS_ENV)
+    model_server_timeout: Whole = setting(
+        60, "Seconds a worker may spend on one request before gunicorn restarts it (gunicorn's `timeout`; 60 as "
+        "in AWS's BYOC sample's `serve`, gunicorn's own default is 30; 0 = no limit). The app waits half of "
+        "it for the model to load.", unit="seconds", ge=0, validation_alias=MODEL_SERVER_TIMEOUT_ENV)
+    max_payload_mb: Real = setting(
+        6, "Largest request body accepted; a larger one is answered 413. 6 MB is SageMaker's limit for a "
+        "real-time InvokeEndpoint request; Batch Transform sets the variable to the job's MaxPayloadInMB.",
+        unit="MB (10^6 bytes)", gt=0, validation_alias=MAX_PAYLOAD_ENV)
+    model_server_threads: Whole = setting(
+        8, "Request threads per worker (gunicorn's gthread worker): requests a worker reads and decodes at "
+        "once, which then share batched forward passes. A slow client holds one thread, not a worker.",
+        unit="threads", ge=1, validation_alias=THREADS_ENV)
+    max_batch: Whole = setting(
+        16, "Most images one forward pass takes from the waiting requests; 1 = no batching.", unit="images",
+        ge=1, validation_alias=MAX_BATCH_ENV)
+    torchscript: Flag = setting(
+        True, "Serve the model frozen and optimised with TorchScript; false = the eager model.",
+        validation_alias=TORCHSCRIPT_ENV)
+    max_image_pixels: Whole | None = setting(
+        None, "Pillow's decompression-bomb limit per image: a larger image is refused. Unset keeps Pillow's "
+        "own `Image.MAX_IMAGE_PIXELS` (89,478,485 pixels).", unit="pixels", ge=1,
+        validation_alias=MAX_IMAGE_PIXELS_ENV)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ServerSettings:
+        """The settings from `environ`'s variables (others are ignored; empty ones keep the default).
+
+        Raises:
+            ValueError: a variable's value does not parse or is out of range; the message names the
+                variable, its value and what it accepts.
+        """
+        names = {field.validation_alias for field in cls.model_fields.values()}
+        given = {name: value for name, value in environ.items() if name in names and str(value).strip()}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = str(error["loc"][0])
+            field = next(f for f in cls.model_fields.values() if f.validation_alias == name)
+            fix = "correct or unset it" if field.default is None else \
+                f"correct it, or unset it for the default ({show(field.default)})"
+            raise ValueError(f"environment variable {name}={given[name]!r} is invalid: must be {accepts(field)}; "
+                             f"{fix}") from None
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest request body accepted, in bytes (MB = 10**6 bytes, SageMaker's unit)."""
+        return int(self.max_payload_mb * 1_000_000)
+
+
+def _default(name: str) -> Any:
+    return ServerSettings.model_fields[name].default
+
+
+# The defaults, as names (the schema above holds them).
+DEFAULT_PORT = _default("port")
+DEFAULT_WORKERS = _default("model_server_workers")
+DEFAULT_TIMEOUT_SECONDS = _default("model_server_timeout")
+DEFAULT_MAX_PAYLOAD_MB = _default("max_payload_mb")
+DEFAULT_THREADS = _default("model_server_threads")
+DEFAULT_MAX_BATCH = _default("max_batch")
+
+
 @dataclass(frozen=True)
 class SageMakerEnv:
     """A read-only snapshot of the container layout, built once from `os.environ`.
 
     Attributes:
         base_dir: the `/opt/ml` root (or `SAGEMAKER_BASE_DIR`).
+        environ: the environment it was built from; `server` reads the model server's settings
+            from it on first use, so a training job never fails on a server variable.
     """
 
     base_dir: Path
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "SageMakerEnv":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> SageMakerEnv:
         """Build the snapshot from `environ` (default: `os.environ`)."""
         environ = dict(os.environ if environ is None else environ)
         return cls(base_dir=Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)), environ=environ)
@@ -284,49 +379,52 @@ class SageMakerEnv:
             return default
         return Path(local)
 
-    # --- serving -----------------------------------------------------------------------
+    # --- serving ----------------------------------------------------------------------
+    @functools.cached_property
+    def server(self) -> ServerSettings:
+        """The model server's settings, read from this snapshot's environment on first use.
+
+        Raises:
+            ValueError: a variable's value is invalid (the message names it and what it accepts).
+        """
+        return ServerSettings.from_environ(self.environ)
+
     @property
     def port(self) -> int:
-        return int(self.environ.get(BIND_TO_PORT_ENV, DEFAULT_PORT))
+        """`SAGEMAKER_BIND_TO_PORT`: see ServerSettings."""
+        return self.server.port
 
     @property
     def model_server_workers(self) -> int:
-        """Gunicorn workers, each with a copy of the model (default 1).
-
-        Not one per core, as AWS's BYOC sample has it: each worker's forward passes use every
-        core and the workers take turns (serving/batcher.py), so more workers add resilience
-        (one left answering while another restarts), not speed. Measured side by side here
-        (resnet50, 2 cores, concurrency 8): 1 worker 21.2 images/s, 2 workers 17.4.
-        """
-        return int(self.environ.get(MODEL_SERVER_WORKERS_ENV, DEFAULT_WORKERS))
+        """`MODEL_SERVER_WORKERS`: gunicorn workers, each with a copy of the model (see ServerSettings)."""
+        return self.server.model_server_workers
 
     @property
     def model_server_timeout(self) -> int:
-        """Seconds a worker may spend on one request before gunicorn restarts it."""
-        return int(self.environ.get(MODEL_SERVER_TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS))
+        """`MODEL_SERVER_TIMEOUT`: seconds a worker may spend on one request."""
+        return self.server.model_server_timeout
 
     @property
     def max_payload_bytes(self) -> int:
-        """Largest request body accepted, in bytes (MB = 10**6 bytes, SageMaker's unit)."""
-        return int(float(self.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1_000_000)
+        """`SAGEMAKER_MAX_PAYLOAD_IN_MB` in bytes: the largest request body accepted."""
+        return self.server.max_payload_bytes
 
     @property
     def model_server_threads(self) -> int:
-        """Request threads per worker (gunicorn's gthread): concurrent requests a worker takes."""
-        return int(self.environ.get(THREADS_ENV, DEFAULT_THREADS))
+        """`MODEL_SERVER_THREADS`: request threads per worker."""
+        return self.server.model_server_threads
 
     @property
     def max_batch(self) -> int:
-        """Most images one forward pass takes from the requests waiting (1: no batching)."""
-        return max(1, int(self.environ.get(MAX_BATCH_ENV, DEFAULT_MAX_BATCH)))
+        """`MODEL_SERVER_MAX_BATCH`: most images one forward pass takes (1: no batching)."""
+        return self.server.max_batch
 
     @property
     def torchscript(self) -> bool:
-        """Serve the model frozen and optimised with TorchScript (default), or eager."""
-        return self.environ.get(TORCHSCRIPT_ENV, "true").strip().lower() not in FALSE_WORDS
+        """`MODEL_SERVER_TORCHSCRIPT`: serve the TorchScript model (default), or the eager one."""
+        return self.server.torchscript
 
     @property
     def max_image_pixels(self) -> int | None:
-        """Pillow's decompression-bomb limit in pixels; unset keeps Pillow's own default."""
-        value = self.environ.get(MAX_IMAGE_PIXELS_ENV)
-        return int(value) if value else None
+        """`MODEL_SERVER_MAX_IMAGE_PIXELS`: Pillow's limit in pixels; None keeps Pillow's own."""
+        return self.server.max_image_pixels

@@ -156,3 +156,31 @@ def test_to_dict_round_trip():
     assert TrainConfig.from_hyperparameters(as_dict) == config
     assert TrainConfig.from_hyperparameters(sdk_v2(**as_dict)) == config
     assert TrainConfig.from_hyperparameters({k: str(v) for k, v in as_dict.items()}) == config
+
+
+def test_config_is_frozen_and_copies_with_changes():
+    config = TrainConfig(model="resnet18")
+    with pytest.raises(ValueError):
+        config.epochs = 9  # type: ignore[misc]
+    assert config.model_copy(update={"epochs": 9}).epochs == 9 and config.epochs == 5
+
+
+@pytest.mark.parametrize("hyperparameters, message", [
+    ({"batch-size": "3.5"}, "hyperparameter batch-size='3.5' is not a whole number: batch-size must be a whole "
+                            "number >= 1"),
+    ({"optimizer": "rmsprop"}, "hyperparameter optimizer='rmsprop' is invalid: must be one of adam, adamw, sgd"),
+    ({"dropout": "1"}, "hyperparameter dropout=1.0 is invalid: must be a number in [0, 1)"),
+    ({"freeze": "none", "head-epochs": "5"}, "hyperparameter head-epochs=5 is invalid: must be >= 0, and with "
+                                             "freeze=none fewer than epochs"),
+])
+def test_error_message_says_what_the_hyperparameter_accepts(hyperparameters, message):
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_hyperparameters(hyperparameters)
+    assert message in str(info.value)
+
+
+def test_direct_construction_validates_too():
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=0.1)  # type: ignore[call-arg]

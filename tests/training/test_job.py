@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -316,7 +315,7 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     probabilities = outputs.arrays()[0]
     cpu = torch.device("cpu")
     assert evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu) is None  # 32 px: a 1x1 map
-    config = dataclasses.replace(config, image_size=64)
+    config = config.model_copy(update={"image_size": 64})
     overlays = evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu)
 
     view = eval_view(64)

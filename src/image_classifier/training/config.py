@@ -1,154 +1,188 @@
-"""Training hyperparameters: one typed dataclass, parsed from SageMaker's `hyperparameters.json`."""
+"""Training hyperparameters: one typed, frozen pydantic model, parsed from SageMaker's `hyperparameters.json`."""
 
-from __future__ import annotations
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-import dataclasses
-import math
-from dataclasses import dataclass
-from typing import Any, Mapping
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from image_classifier import models
 from image_classifier.debugging.rule_names import RULE_NAMES
-from image_classifier.sagemaker_env import FALSE_WORDS, TRUE_WORDS, unwrap_hyperparameter
+from image_classifier.sagemaker_env import unwrap_hyperparameter
+from image_classifier.schema import NOT_A, Flag, Real, Whole, Word, accepts, parse_word, setting
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-FREEZE_MODES = ("backbone", "none")
-LR_SCHEDULERS = ("cosine", "none")
-FEATURE_CACHE_MODES = ("auto", "on", "off")
-CLASS_WEIGHTINGS = ("none", "balanced")
+SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # SageMaker's own hyperparameters: ignored
+CROSS_FIELD = "cross_field"  # the pydantic error type of a check between two hyperparameters
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyperparameter of a training job, with its default.
+Freeze = Annotated[Literal["backbone", "none"], BeforeValidator(parse_word)]
+Activation = Annotated[Literal[tuple(models.HEAD_ACTIVATIONS)], BeforeValidator(parse_word)]
+Scheduler = Annotated[Literal["cosine", "none"], BeforeValidator(parse_word)]
+Weighting = Annotated[Literal["none", "balanced"], BeforeValidator(parse_word)]
+Optimizer = Annotated[Literal["adam", "adamw", "sgd"], BeforeValidator(parse_word)]
+FeatureCache = Annotated[Literal["auto", "on", "off"], BeforeValidator(parse_word)]
 
-    Keys are written with dashes in SageMaker (`batch-size`); underscores work too.
+MODEL_ACCEPTS = (f"one of {', '.join(models.MODEL_NAMES)}, or {models.TIMM_PREFIX}<a timm model name> such as "
+                 f"{models.TIMM_PREFIX}convnext_tiny.fb_in22k_ft_in1k")
+IMAGE_SIZES = (32, 1024)  # the smallest and largest image-size, pixels
+
+
+class TrainConfig(BaseModel):
+    """Every hyperparameter of a training job, with its type, range, unit and default.
+
+    Keys are written with dashes in SageMaker (`batch-size`); underscores work too. Frozen: a
+    changed copy is `config.model_copy(update={...})`. `TrainConfig(**fields)` validates too and
+    raises pydantic's `ValidationError` (a ValueError); `from_hyperparameters` words the error for
+    the job's failure file. `docs/reference/hyperparameters.md` is generated from these fields
+    (`python -m image_classifier.reference`).
     """
 
-    model: str = "resnet50"           # a name from image_classifier.models.MODEL_NAMES, or timm/<model>
-    pretrained: bool = True           # start from the model's ImageNet weights
-    freeze: str = "backbone"          # "backbone": train the new head only; "none": fine-tune all
-    head_epochs: int = 0              # freeze=none: train the head alone for this many epochs first
-                                      # (backbone frozen, BatchNorm statistics fixed), then everything
-    backbone_lr_scale: float = 1.0    # freeze=none: the backbone's learning rate as a fraction of lr
-                                      # (discriminative learning rates; 1 = one rate for all)
-    dropout: float = 0.0              # dropout before each Linear layer of the new head, 0 = none
-    head_hidden: str = ""             # comma-separated hidden layer sizes of the new head ("512,256");
-                                      # "" = a single Linear layer
-    head_activation: str = "relu"     # the hidden layers' activation: relu or gelu
-    lr: float = 0.001                 # peak learning rate (of the head; see backbone-lr-scale)
-    lr_scheduler: str = "cosine"      # cosine annealing per step over all epochs, or "none"
-    warmup_epochs: int = 0            # linear warm-up from 0 over this many epochs (the backbone's:
-                                      # from when it starts to train); 0 = none
-    class_weighting: str = "none"     # "balanced": loss weight n / (classes x class count) per class
-                                      # (scikit-learn's class_weight="balanced"), for imbalanced sets
-    batch_size: int = 32
-    epochs: int = 5
-    optimizer: str = "adam"           # adam, adamw or sgd
-    weight_decay: float = 0.0
-    momentum: float = 0.9             # sgd only
-    label_smoothing: float = 0.0      # CrossEntropyLoss(label_smoothing=...)
-    image_size: int = 0               # side of the square network input, pixels; 0 = the size the
-                                      # model's weights were trained at (224 for torchvision's)
-    crop_scale_min: float = 0.08      # RandomResizedCrop's smallest area fraction (torchvision default)
-    hflip_prob: float = 0.5           # RandomHorizontalFlip probability, 0 = off
-    augment: bool = True              # false: train on the eval transforms (no random crop or flip)
-    feature_cache: str = "auto"       # backbone features computed once: auto (freeze=backbone and
-                                      # augment=false), on (needs freeze=backbone) or off
-    channels_last: bool = True        # NHWC memory format on a GPU (faster convolutions; ignored on the CPU)
-    compile: bool = False             # torch.compile the model (needs a C compiler in the image)
-    num_workers: int = -1             # DataLoader worker processes; -1 = min(4, CPU cores)
-    seed: int = 42
-    early_stopping_patience: int = 0  # stop after this many epochs without a better valid_accuracy; 0 = off
-    amp: bool = True                  # mixed precision on a GPU (ignored on the CPU)
-    debug: bool = False               # smdebug hook with the common configuration, rules, debugger report
-    debug_stop_on: str = ""           # comma-separated rules that stop training when they fire; implies debug
-    profile: bool = False             # system monitor, step timing, torch.profiler, profiler rules and report
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    def __post_init__(self) -> None:
-        # image-size 0 resolves to the model's pretrained input size (timm: its pretrained config);
-        # an unknown model is left for validate() to name
-        if self.image_size == 0 and _known(self.model):
-            object.__setattr__(self, "image_size", models.data_config(self.model).image_size)
+    model: Word = setting("resnet50", "The network: a registry architecture (`image_classifier.models`) or any "
+                          "timm model.", accepts=MODEL_ACCEPTS)
+    pretrained: Flag = setting(True, "Start from the model's ImageNet weights.")
+    freeze: Freeze = setting("backbone", "`backbone`: train the new head only; `none`: fine-tune the whole network.")
+    head_epochs: Whole = setting(
+        0, "With freeze=none: train the head alone for this many epochs first (backbone frozen, BatchNorm "
+        "statistics fixed), then everything.", unit="epochs", ge=0,
+        accepts=">= 0, and with freeze=none fewer than epochs (else the backbone never trains)")
+    backbone_lr_scale: Real = setting(1.0, "With freeze=none: the backbone's learning rate as a fraction of lr "
+                                      "(discriminative learning rates; 1 = one rate for all).", unit="fraction of lr",
+                                      gt=0, le=1)
+    dropout: Real = setting(0.0, "Dropout before each Linear layer of the new head; 0 = none.",
+                            unit="probability", ge=0, lt=1)
+    head_hidden: Word = setting("", "Hidden layer sizes of the new head, such as `512,256`; empty = a single "
+                                "Linear layer.", unit="features",
+                                accepts="comma-separated whole numbers >= 1 (hidden layer sizes), or empty")
+    head_activation: Activation = setting("relu", "The activation of the head's hidden layers.")
+    lr: Real = setting(0.001, "Peak learning rate (of the head; see backbone-lr-scale). The default is "
+                       "`torch.optim.Adam`'s.", gt=0)
+    lr_scheduler: Scheduler = setting("cosine", "`cosine`: cosine annealing per step over all epochs; "
+                                      "`none`: a constant rate.")
+    warmup_epochs: Whole = setting(0, "Linear warm-up from 0 over this many epochs (the backbone's: from when it "
+                                   "starts to train); 0 = none.", unit="epochs", ge=0)
+    class_weighting: Weighting = setting(
+        "none", "`balanced`: loss weight n / (classes x class count) per class (scikit-learn's "
+        "`class_weight=\"balanced\"`), for imbalanced sets.")
+    batch_size: Whole = setting(32, "Images per training step (per process in a distributed job).",
+                                unit="images", ge=1)
+    epochs: Whole = setting(5, "Passes over the training set.", unit="epochs", ge=1)
+    optimizer: Optimizer = setting("adam", "The optimizer (torch.optim).")
+    weight_decay: Real = setting(0.0, "L2 penalty (the optimizer's weight_decay); 0 = none.", ge=0)
+    momentum: Real = setting(0.9, "SGD momentum (optimizer=sgd only); 0.9 as in PyTorch's ImageNet example.",
+                             ge=0, lt=1)
+    label_smoothing: Real = setting(0.0, "`CrossEntropyLoss(label_smoothing=...)`; 0 = none.", ge=0, lt=1)
+    image_size: Whole = setting(
+        0, "Side of the square network input; 0 = the size the model's weights were trained at (224 for "
+        "torchvision's, a timm model's pretrained config).", unit="pixels",
+        accepts=f"0 (the model's size), or between {IMAGE_SIZES[0]} and {IMAGE_SIZES[1]} pixels")
+    crop_scale_min: Real = setting(0.08, "RandomResizedCrop's smallest area fraction; 0.08 is torchvision's "
+                                   "default.", unit="fraction of the image", gt=0, le=1)
+    hflip_prob: Real = setting(0.5, "RandomHorizontalFlip's probability (0.5 is torchvision's default); 0 = off.",
+                               unit="probability", ge=0, le=1)
+    augment: Flag = setting(True, "false: train on the evaluation transforms (no random crop or flip).")
+    feature_cache: FeatureCache = setting(
+        "auto", "Backbone features computed once: `auto` (when freeze=backbone and augment=false), `on` (needs "
+        "freeze=backbone) or `off`.")
+    channels_last: Flag = setting(True, "NHWC memory format on a GPU (faster convolutions; ignored on the CPU).")
+    compile: Flag = setting(False, "`torch.compile` the model (needs a C compiler in the image).")
+    num_workers: Whole = setting(-1, "DataLoader worker processes; -1 = min(4, CPU cores).", unit="processes",
+                                 ge=-1, accepts=">= 0, or -1 for automatic")
+    seed: Whole = setting(42, "Random seed of the weights' initialisation, the data order and augmentation.")
+    early_stopping_patience: Whole = setting(0, "Stop after this many epochs without a better valid_accuracy; "
+                                             "0 = off.", unit="epochs", ge=0)
+    amp: Flag = setting(True, "Mixed precision on a GPU (ignored on the CPU).")
+    debug: Flag = setting(False, "smdebug hook with the common configuration, rules and the debugger report.")
+    debug_stop_on: Word = setting("", "Comma-separated rules that stop training when they fire; implies debug.",
+                                  accepts=f"a comma-separated list of {', '.join(RULE_NAMES)}")
+    profile: Flag = setting(False, "System monitor, step timing, torch.profiler, profiler rules and report.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        models.check_name(name)  # ValueError: reworded by _hyperparameter_error
+        return name
+
+    @field_validator("head_hidden")
+    @classmethod
+    def _layer_sizes(cls, text: str) -> str:
+        if _sizes(text) is None:
+            raise ValueError("not layer sizes")
+        return text
+
+    @field_validator("debug_stop_on")
+    @classmethod
+    def _rule_names(cls, text: str) -> str:
+        known = {n.lower() for n in RULE_NAMES}
+        if not all(n.strip() in known for n in text.split(",") if n.strip()):
+            raise ValueError("unknown rule")
+        return text
+
+    @field_validator("image_size")
+    @classmethod
+    def _resolve_image_size(cls, size: int, info: ValidationInfo) -> int:
+        """0 becomes the model's pretrained input size (timm: its pretrained config)."""
+        if size == 0 and "model" in info.data:
+            size = models.data_config(info.data["model"]).image_size
+        if not IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]:
+            raise ValueError("out of range")
+        return size
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        """Checks between hyperparameters."""
+        if self.freeze == "none" and self.head_epochs >= self.epochs:
+            _refuse("head-epochs", self.head_epochs, accepts(TrainConfig.model_fields["head_epochs"]))
+        if self.feature_cache == "on" and self.freeze != "backbone":
+            _refuse("feature-cache", self.feature_cache,
+                    "auto or off with freeze=none (a backbone that trains changes its features every step)")
+        return self
 
     @classmethod
     def field_names(cls) -> list[str]:
         """The hyperparameter names as SageMaker users write them (dashes)."""
-        return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+        return [name.replace("_", "-") for name in cls.model_fields]
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: Mapping[str, Any]) -> "TrainConfig":
         """Parse hyperparameters as SageMaker passes them: string values, possibly JSON-encoded.
 
         The SageMaker Python SDK v2 JSON-encodes each value (`"\\"resnet50\\""`); SDK v3, the
-        console and the API pass them plain (`"resnet50"`). Both are accepted. SageMaker's own
-        keys (`_tuning_objective_metric`, `sagemaker_*`) are ignored.
+        console and the API pass them plain (`"resnet50"`). Both are accepted, and native JSON
+        values too. SageMaker's own keys (`_tuning_objective_metric`, `sagemaker_*`) are ignored.
 
         Raises:
-            ValueError: an unknown key (the message lists the valid ones) or a value that does
-                not parse or is out of range.
+            ValueError: an unknown key (the message lists the valid ones), or a value that does
+                not parse or is out of range (the message names the hyperparameter, its value and
+                what it accepts).
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        written: dict[str, str] = {}  # field name -> the key as the user wrote it
         unknown = []
         for key, raw in hyperparameters.items():
-            if key.startswith(("sagemaker_", "_tuning_objective_metric")):
+            if key.startswith(SAGEMAKER_KEYS):
                 continue
             name = key.replace("-", "_")
-            if name not in fields:
+            if name not in cls.model_fields:
                 unknown.append(key)
                 continue
-            values[name] = _convert(key, unwrap_hyperparameter(raw), fields[name].type)
+            values[name], written[name] = unwrap_hyperparameter(raw), key
         if unknown:
             raise ValueError(
                 f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; "
                 f"valid ones: {', '.join(cls.field_names())}")
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Check ranges and choices.
-
-        Raises:
-            ValueError: naming the hyperparameter, its value and what is allowed.
-        """
-        def check(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                value = getattr(self, name.replace("-", "_"))
-                raise ValueError(f"hyperparameter {name}={value!r} is invalid: must be {allowed}")
-
-        check(_known(self.model), "model", f"one of {', '.join(models.MODEL_NAMES)}, or {models.TIMM_PREFIX}<a timm "
-              f"model name> such as {models.TIMM_PREFIX}convnext_tiny.fb_in22k_ft_in1k")
-        check(self.head_epochs >= 0 and (self.freeze != "none" or self.head_epochs < self.epochs), "head-epochs",
-              ">= 0, and with freeze=none fewer than epochs (else the backbone never trains)")
-        check(0 < self.backbone_lr_scale <= 1, "backbone-lr-scale", "in (0, 1]")
-        check(self.warmup_epochs >= 0, "warmup-epochs", ">= 0")
-        check(self.class_weighting in CLASS_WEIGHTINGS, "class-weighting", f"one of {', '.join(CLASS_WEIGHTINGS)}")
-        check(self.head_activation in models.HEAD_ACTIVATIONS, "head-activation",
-              f"one of {', '.join(models.HEAD_ACTIVATIONS)}")
-        check(_sizes(self.head_hidden) is not None, "head-hidden",
-              "comma-separated whole numbers >= 1 (hidden layer sizes), or empty")
-        check(self.freeze in FREEZE_MODES, "freeze", f"one of {', '.join(FREEZE_MODES)}")
-        check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        check(self.feature_cache in FEATURE_CACHE_MODES, "feature-cache", f"one of {', '.join(FEATURE_CACHE_MODES)}")
-        check(self.feature_cache != "on" or self.freeze == "backbone", "feature-cache",
-              "auto or off with freeze=none (a backbone that trains changes its features every step)")
-        check(self.lr_scheduler in LR_SCHEDULERS, "lr-scheduler", f"one of {', '.join(LR_SCHEDULERS)}")
-        check(self.lr > 0, "lr", "> 0")
-        check(self.batch_size >= 1, "batch-size", ">= 1")
-        check(self.epochs >= 1, "epochs", ">= 1")
-        check(self.weight_decay >= 0, "weight-decay", ">= 0")
-        check(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        check(0 <= self.label_smoothing < 1, "label-smoothing", "in [0, 1)")
-        check(0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        check(32 <= self.image_size <= 1024, "image-size", "between 32 and 1024 pixels")
-        check(0 < self.crop_scale_min <= 1, "crop-scale-min", "in (0, 1]")
-        check(0 <= self.hflip_prob <= 1, "hflip-prob", "in [0, 1]")
-        check(self.num_workers >= -1, "num-workers", ">= 0, or -1 for automatic")
-        check(self.early_stopping_patience >= 0, "early-stopping-patience", ">= 0")
-        known = {n.lower() for n in RULE_NAMES}
-        check(all(n.strip().lower() in known for n in self.debug_stop_on.split(",") if n.strip()),
-              "debug-stop-on", f"a comma-separated list of {', '.join(RULE_NAMES)}")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise _hyperparameter_error(exc, written) from None
 
     @property
     def uses_feature_cache(self) -> bool:
@@ -174,15 +208,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values, keyed like hyperparameters.json."""
-        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
-
-
-def _known(name: str) -> bool:
-    try:
-        models.check_name(name)
-        return True
-    except ValueError:
-        return False
+        return {k.replace("_", "-"): v for k, v in self.model_dump().items()}
 
 
 def _sizes(text: str) -> tuple[int, ...] | None:
@@ -193,29 +219,28 @@ def _sizes(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
-def _convert(key: str, value: Any, type_name: Any) -> Any:
-    """Convert one hyperparameter value to its field's type (given as an annotation string)."""
-    type_name = getattr(type_name, "__name__", type_name)
-    text = str(value).strip()
-    try:
-        if type_name == "bool":
-            if isinstance(value, bool):
-                return value
-            if text.lower() in TRUE_WORDS:
-                return True
-            if text.lower() in FALSE_WORDS:
-                return False
-            raise ValueError
-        if type_name == "int":
-            as_float = float(text)
-            if not as_float.is_integer():
-                raise ValueError
-            return int(as_float)
-        if type_name == "float":
-            number = float(text)
-            if not math.isfinite(number):  # "inf" and "nan" parse, but no range check can reject inf
-                raise ValueError
-            return number
-        return text.lower()
-    except ValueError:
-        raise ValueError(f"hyperparameter {key}={value!r} is not a valid {type_name}") from None
+def _invalid(name: str, value: Any, allowed: str) -> str:
+    return f"hyperparameter {name}={value!r} is invalid: must be {allowed}"
+
+
+def _refuse(name: str, value: Any, allowed: str) -> None:
+    """Raises: PydanticCustomError: a check between hyperparameters failed; its message is final."""
+    raise PydanticCustomError(CROSS_FIELD, "{message}", {"message": _invalid(name, value, allowed)})
+
+
+def _hyperparameter_error(exc: ValidationError, written: Mapping[str, str]) -> ValueError:
+    """The first of pydantic's errors as one sentence that names the hyperparameter and what it accepts.
+
+    A value that is not text of its type names the key as the user wrote it (`batch_size`); a value
+    out of range or not among the choices, the hyperparameter's dashed name.
+    """
+    errors = exc.errors()
+    error = next((e for e in errors if e["type"] == NOT_A), errors[0])
+    if error["type"] == CROSS_FIELD or not error["loc"]:
+        return ValueError(error["msg"])
+    name = str(error["loc"][0])
+    dashed, allowed = name.replace("_", "-"), accepts(TrainConfig.model_fields[name])
+    if error["type"] == NOT_A:
+        return ValueError(f"hyperparameter {written.get(name, dashed)}={error['input']!r} is {error['msg']}: "
+                          f"{dashed} must be {allowed}")
+    return ValueError(_invalid(dashed, error["input"], allowed))
