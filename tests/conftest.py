@@ -45,8 +45,8 @@ def sdk_hyperparameters(**values) -> dict[str, str]:
 
 
 # Quick settings for test training jobs: resnet18 from scratch at 32 px on the CPU.
-TINY_JOB = dict(model="resnet18", pretrained=False, freeze="none", epochs=2, batch_size=16,
-                lr=0.002, optimizer="adamw", image_size=32, hflip_prob=0, num_workers=0, seed=3)
+TINY_JOB = {"model": "resnet18", "pretrained": False, "freeze": "none", "epochs": 2, "batch_size": 16,
+                "lr": 0.002, "optimizer": "adamw", "image_size": 32, "hflip_prob": 0, "num_workers": 0, "seed": 3}
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from image_classifier import artifacts
 
 
 def spec(**changes) -> artifacts.ModelSpec:
-    values = dict(arch="resnet18", num_classes=2, class_names=["001.a", "002.b"], labels=["a", "b"],
-                  image_size=32, resize_size=37, mean=[0.5] * 3, std=[0.25] * 3, dropout=0.1)
+    values = {"arch": "resnet18", "num_classes": 2, "class_names": ["001.a", "002.b"], "labels": ["a", "b"],
+                  "image_size": 32, "resize_size": 37, "mean": [0.5] * 3, "std": [0.25] * 3, "dropout": 0.1}
     return artifacts.ModelSpec(**{**values, **changes})
 
 

@@ -156,7 +156,8 @@ def test_the_loader_reads_python_tags():
 
 @pytest.mark.parametrize("markdown, broken", [
     ("[ok](README.md) [ok too](docs/) ![img](docs/images/explain-gradcam.png)", []),
-    ("[gone](docs/no-such-page.md#part) [web](https://example.com/x.md) [here](#layout)", ["docs/no-such-page.md#part"]),
+    ("[gone](docs/no-such-page.md#part) [web](https://example.com/x.md) [here](#layout)",
+     ["docs/no-such-page.md#part"]),
     ('![gone](missing.png "a title")', ["missing.png"]),
 ])
 def test_broken_relative_links_are_found(markdown, broken):

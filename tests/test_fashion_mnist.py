@@ -15,9 +15,16 @@ import requests
 from PIL import Image
 
 from image_classifier import cli, datasets
-from image_classifier.datasets import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_FILES, SPLITS,
-                                       has_dataset, prepare_fashion_mnist, read_idx)
-from image_classifier.training.data import label_of
+from image_classifier.artifacts import label_of
+from image_classifier.datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    SPLITS,
+    has_dataset,
+    prepare_fashion_mnist,
+    read_idx,
+)
 from tests.local_http import serving
 
 FOLDERS = [f"{c + 1:03d}.{name}" for c, name in enumerate(FASHION_MNIST_CLASSES)]

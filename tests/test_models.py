@@ -10,8 +10,14 @@ import torch
 import torchvision
 from torch import nn
 
-from image_classifier.models import (MODEL_NAMES, PretrainedWeightsUnavailable, create_model, head_module,
-                                     load_pretrained_state_dict, weights_filename)
+from image_classifier.models import (
+    MODEL_NAMES,
+    PretrainedWeightsUnavailable,
+    create_model,
+    head_module,
+    load_pretrained_state_dict,
+    weights_filename,
+)
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 RESNET18_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url

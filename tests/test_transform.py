@@ -209,7 +209,7 @@ def test_scores_every_file_with_the_headers(fake, tmp_path, capsys):
     assert sorted(row["key"] for row in rows) == KEYS
     assert all(row["top_k"] == PREDICTIONS and row["label"] == "three" and row["error"] is None for row in rows)
     assert fake.sent("/execution-parameters") == [""] and sorted(fake.sent()) == KEYS
-    for path, _, headers in fake.requests[1:]:
+    for _path, _, headers in fake.requests[1:]:
         assert headers["Content-Type"] == "application/x-image" and headers["Accept"] == "application/json"
         assert headers["X-Amzn-Sagemaker-Custom-Attributes"] == "top_k=2"
     out = capsys.readouterr().out
@@ -444,7 +444,7 @@ def restarted_run(server, images, tmp_path_factory):
     at_restart = len(read_results(output))
     server.start()
     code, out, err = finish(process, output)
-    return dict(output=output, code=code, out=out, err=err, at_stop=at_stop, at_restart=at_restart)
+    return {"output": output, "code": code, "out": out, "err": err, "at_stop": at_stop, "at_restart": at_restart}
 
 
 @pytest.mark.slow

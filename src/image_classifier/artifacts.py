@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,15 @@ from image_classifier import models
 
 WEIGHTS_FILE = "model.pth"          # the state_dict of ModelSpec.create_model()
 CONFIG_FILE = "model_config.json"   # a ModelSpec
+
+
+_CLASS_PREFIX = re.compile(r"^\d+[._-]")
+
+
+def label_of(class_name: str) -> str:
+    """A class folder's label (the `labels` of model_config.json): its name without the `NNN.`
+    prefix (`001.Affenpinscher` → `Affenpinscher`)."""
+    return _CLASS_PREFIX.sub("", class_name, count=1) or class_name
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class ModelSpec:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         """Raises: ValueError: not a model config (names the missing keys)."""
         data: dict[str, Any] = json.loads(text)
         names = {f.name for f in fields(cls)}

@@ -70,8 +70,8 @@ def write_sample(output: Path, seed: int = 0, fractions: tuple[float, float] = (
     counts = dict.fromkeys(SPLITS, 0)
     for digit, name in enumerate(DIGIT_NAMES):
         indices = rng.permutation(np.flatnonzero(digits.target == digit))
-        n_train = int(round(len(indices) * fractions[0]))
-        n_valid = int(round(len(indices) * fractions[1]))
+        n_train = round(len(indices) * fractions[0])
+        n_valid = round(len(indices) * fractions[1])
         parts = dict(zip(SPLITS, np.split(indices, [n_train, n_train + n_valid])))
         for split, part in parts.items():
             folder = output / split / f"{digit + 1:03d}.{name}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np

@@ -21,9 +21,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torchvision
@@ -177,7 +177,7 @@ def is_timm(name: str) -> bool:
     return name.startswith(TIMM_PREFIX)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _arch(name: str) -> _Arch:
     if name in _MODELS:
         return _MODELS[name]()
@@ -286,8 +286,9 @@ def head_module(model: nn.Module, name: str) -> nn.Module:
 
 def feature_map_path(name: str) -> str:
     """The dotted path of the module whose output is `name`'s last feature map (N, C, H/32, W/32 on
-    the CNNs; timm's vision transformers give tokens, which Grad-CAM cannot use), before the pooling: `layer4` on ResNets, `features` on torchvision's
-    others, the last `feature_info` module on timm's (`blocks.6` on EfficientNet-Lite0)."""
+    the CNNs; timm's vision transformers give tokens, which Grad-CAM cannot use), before the
+    pooling: `layer4` on ResNets, `features` on torchvision's others, the last `feature_info`
+    module on timm's (`blocks.6` on EfficientNet-Lite0)."""
     return _arch(name).feature_map
 
 

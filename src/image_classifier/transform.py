@@ -90,7 +90,7 @@ class ResultsCsv:
             rows, complete = _complete_rows(self.path)
             os.truncate(self.path, complete)
         self.done: set[str] = {row["key"] for row in rows}
-        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115  (open until close())
         self._writer = csv.writer(self._file, lineterminator="\n")
         if complete == 0:
             self._write(COLUMNS)

@@ -14,7 +14,7 @@ CROP_RATIO = 0.875
 
 def resize_size(image_size: int) -> int:
     """The shorter-side resize before the center crop, in pixels (256 for 224)."""
-    return int(round(image_size / CROP_RATIO))
+    return round(image_size / CROP_RATIO)
 
 
 def eval_view(image_size: int) -> T.Compose:

@@ -45,7 +45,7 @@ def test_the_hand_computed_case():
     summary = metrics.summarize(PROBABILITIES, TARGETS, CLASSES, "test", top_k=2)
 
     assert summary["confusion_matrix"] == CONFUSION
-    assert ECE == pytest.approx(0.265)
+    assert pytest.approx(0.265) == ECE
     assert (summary["accuracy"], summary["macro_f1"], summary["weighted_f1"], summary["ece"]) == pytest.approx(
         (ACCURACY, MACRO_F1, WEIGHTED_F1, ECE), abs=1e-6)
     assert (summary["top_k"], summary["top_k_accuracy"]) == (2, pytest.approx(TOP_2))
@@ -85,7 +85,7 @@ def test_a_bin_holds_its_upper_edge_not_its_lower():
 
 def test_a_class_neither_present_nor_predicted_is_left_out_of_the_averages():
     four = np.concatenate([PROBABILITIES, np.zeros((8, 1), np.float32)], axis=1)
-    summary = metrics.summarize(four, TARGETS, CLASSES + ["004.three"], "valid")
+    summary = metrics.summarize(four, TARGETS, [*CLASSES, "004.three"], "valid")
     assert summary["macro_f1"] == pytest.approx(MACRO_F1)
     assert summary["per_class"][3] == {"class_id": 3, "class_name": "004.three", "label": "three",
                                        "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}

@@ -13,13 +13,26 @@ import torch
 from PIL import Image
 
 from image_classifier.datasets import DIGIT_NAMES
+from image_classifier.images import open_image
 from image_classifier.serving.app import create_app
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
-from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
-from tests.serving.images import (big_png, invocation_headers, china_jpeg, encode, exif_rotated_jpeg, instances, load_npy, npy,
-                                  photo, random_batch, raw_rgb, truncated_jpeg, variants)
+from tests.serving.images import (
+    big_png,
+    china_jpeg,
+    encode,
+    exif_rotated_jpeg,
+    instances,
+    invocation_headers,
+    load_npy,
+    npy,
+    photo,
+    random_batch,
+    raw_rgb,
+    truncated_jpeg,
+    variants,
+)
 
 NUM_CLASSES = len(DIGIT_NAMES)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/serving/conftest.py, with `app` and `client`

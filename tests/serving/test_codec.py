@@ -11,10 +11,26 @@ import pytest
 from PIL import Image
 
 from image_classifier.serving import codec, content_types
-from image_classifier.serving.errors import (BadRequestError, InvalidImageError, UnsupportedAcceptError,
-                                             UnsupportedContentTypeError)
-from tests.serving.images import (b64, big_png, china_jpeg, exif_rotated_jpeg, instances, npy, photo,
-                                  random_batch, raw_rgb, sixteen_bit_png, truncated_jpeg, variants)
+from image_classifier.serving.errors import (
+    BadRequestError,
+    InvalidImageError,
+    UnsupportedAcceptError,
+    UnsupportedContentTypeError,
+)
+from tests.serving.images import (
+    b64,
+    big_png,
+    china_jpeg,
+    exif_rotated_jpeg,
+    instances,
+    npy,
+    photo,
+    random_batch,
+    raw_rgb,
+    sixteen_bit_png,
+    truncated_jpeg,
+    variants,
+)
 
 LABELS = [f"class-{i}" for i in range(10)]
 

@@ -76,7 +76,8 @@ def arrays():
     side = st.integers(0, 40)
     images = st.one_of(st.tuples(st.just(3), side, side), st.tuples(st.integers(0, 3), st.just(3), side, side))
     valid = st.sampled_from([(3, 32, 32), (2, 3, 32, 32), (1, 3, 40, 33)])
-    dtypes = st.one_of(st.just("float32"), st.sampled_from(["float64", "int8", "uint8", "float16", "bool", "complex64"]))
+    dtypes = st.one_of(st.just("float32"),
+                       st.sampled_from(["float64", "int8", "uint8", "float16", "bool", "complex64"]))
     return st.tuples(st.one_of(shapes, images, valid), dtypes).filter(lambda t: np.prod(t[0]) <= 50_000).map(
         lambda t: npy(np.ones(t[0], dtype=t[1])))
 
@@ -109,7 +110,8 @@ def other_bodies():
         st.just(b"\0" * 1_100_000))                                             # over the 1 MB limit
 
 
-HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(str.strip)  # as HTTP carries it
+# as HTTP carries it
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(str.strip)
 
 
 def content_types():

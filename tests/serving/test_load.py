@@ -29,8 +29,17 @@ import pytest
 import requests
 
 from image_classifier.serving.predictor import Predictor
-from tests.serving.images import (big_png, china_jpeg, instances, invocation_headers, load_npy, npy, random_batch,
-                                  truncated_jpeg, variants)
+from tests.serving.images import (
+    big_png,
+    china_jpeg,
+    instances,
+    invocation_headers,
+    load_npy,
+    npy,
+    random_batch,
+    truncated_jpeg,
+    variants,
+)
 from tests.serving.servers import Server, children, start, stop, wait_for_answer
 
 pytestmark = pytest.mark.slow
@@ -87,7 +96,8 @@ def expected(model_dir) -> dict[str, np.ndarray]:
     from image_classifier.serving import codec
 
     predictor = Predictor.load(model_dir, torchscript=True)
-    return {name: predictor.predict(codec.decode(body, content_type, None)) for name, (body, content_type) in VALID.items()}
+    return {name: predictor.predict(codec.decode(body, content_type, None))
+            for name, (body, content_type) in VALID.items()}
 
 
 def schedule(total: int, seed: int) -> list[Kind | str]:
@@ -257,7 +267,7 @@ def test_slow_clients_do_not_stall_the_others(server, expected):
     slow = [SlowClient(server.url, china_jpeg()) for _ in range(3)]
     time.sleep(0.5)  # their heads and half bodies reached the workers
     others = send(server, ["jpeg", "png", "npy-batch", "json-instances"] * 50, expected)
-    assert others.wrong == [] and set(status for _, status in others.counts) == {"200"}, others.counts
+    assert others.wrong == [] and {status for _, status in others.counts} == {"200"}, others.counts
     for client in slow:
         status, content = client.finish()
         assert status == 200

@@ -15,9 +15,23 @@ from image_classifier import cli
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
-from tests.serving.images import (big_png, china_jpeg, china_path, encode, exif_rotated_jpeg, instances,
-                                  invocation_headers, load_npy, npy, payload_file, photo, random_batch, raw_rgb,
-                                  truncated_jpeg, variants)
+from tests.serving.images import (
+    big_png,
+    china_jpeg,
+    china_path,
+    encode,
+    exif_rotated_jpeg,
+    instances,
+    invocation_headers,
+    load_npy,
+    npy,
+    payload_file,
+    photo,
+    random_batch,
+    raw_rgb,
+    truncated_jpeg,
+    variants,
+)
 from tests.serving.servers import STARTUP_TIMEOUT, Server, children, start, stop, wait_for_answer
 
 pytestmark = pytest.mark.slow
@@ -66,8 +80,8 @@ def empty_server(empty_started):
 
 def post(server: Server, body, content_type: str | None = "image/jpeg", accept: str | None = None,
          top_k: str | None = None) -> requests.Response:
-    return requests.post(f"{server.url}/invocations", data=body, headers=invocation_headers(content_type, accept, top_k),
-                         timeout=30)
+    return requests.post(f"{server.url}/invocations", data=body,
+                         headers=invocation_headers(content_type, accept, top_k), timeout=30)
 
 
 def media_type(response: requests.Response) -> str:

@@ -12,9 +12,16 @@ import sklearn
 import torch
 from PIL import Image
 
+from image_classifier.artifacts import label_of
 from image_classifier.training import data
-from image_classifier.training.data import (EpochSampler, ImageFolderChannel, class_names_of, label_of,
-                                            make_loader, resolve_channels, scan_channel)
+from image_classifier.training.data import (
+    EpochSampler,
+    ImageFolderChannel,
+    class_names_of,
+    make_loader,
+    resolve_channels,
+    scan_channel,
+)
 from image_classifier.transforms import eval_transform, train_transform
 from tests.conftest import write_digit_tree
 
@@ -102,7 +109,7 @@ def test_channel_skips_every_bad_file_and_logs_them(small_tree, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "train" in warnings[0] and "skipped 5" in warnings[0]
-    for path, reason in bad.items():  # each named (at least relative to the channel) with its reason
+    for path in bad:  # each named (at least relative to the channel) with its reason
         assert f"{Path(path).parent.name}/{Path(path).name} (" in warnings[0]
     for reason in set(bad.values()):
         assert reason in warnings[0]

@@ -18,14 +18,13 @@ from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation.metrics import macro_f1
 from image_classifier.sagemaker_env import PROCESSES_PER_HOST_HP, SageMakerEnv
 from image_classifier.training import data, distributed
-from image_classifier.training.data import EpochSampler
 from image_classifier.training.checkpoints import CHECKPOINT_FILE
-from image_classifier.training.metrics import METRICS_FILE
+from image_classifier.training.data import EpochSampler
 from image_classifier.training.loop import Outputs, evaluate
+from image_classifier.training.metrics import METRICS_FILE
 from image_classifier.transforms import eval_transform
 from tests.conftest import write_digit_tree
 from tests.training.test_job import EPOCH_LINE, TEST_LINE, run_job, start_job
-
 
 # --- the sharded EpochSampler -----------------------------------------------------------------
 
@@ -115,7 +114,7 @@ def test_hosts_from_instance_groups_or_sm_hosts(tmp_path):
                                   {"instance_group_name": "gpu", "hosts": ["algo-3", "algo-2"]}]}
     assert distributed.plan(_env(tmp_path, groups), gpus=0).hosts == ("algo-2", "algo-3")
     env = _env(tmp_path, groups, {"sagemaker_distribution_instance_groups": json.dumps(["cpu"])})
-    with pytest.raises(ValueError, match="algo-3.*not among"):
+    with pytest.raises(ValueError, match=r"algo-3.*not among"):
         distributed.plan(env, gpus=0)
     env = _env(tmp_path / "sm", None, SM_HOSTS='["algo-2","algo-1"]', SM_CURRENT_HOST="algo-1")
     assert distributed.plan(env, gpus=0).hosts == ("algo-1", "algo-2")
@@ -183,7 +182,8 @@ def test_two_processes_train_one_job(opt_ml, digit_tree, cached):
     assert metrics["test_f1"] == pytest.approx(macro_f1(probabilities.argmax(axis=1), targets), rel=1e-5)
     # the report: rank 0's, of both ranks' test predictions
     evaluation = json.loads((env.output_data_dir / REPORT_DIR / "metrics.json").read_text())
-    confusion = [[int(((targets == t) & (probabilities.argmax(axis=1) == p)).sum()) for p in range(3)] for t in range(3)]
+    predicted = probabilities.argmax(axis=1)
+    confusion = [[int(((targets == t) & (predicted == p)).sum()) for p in range(3)] for t in range(3)]
     assert evaluation["images"] == 24 and evaluation["confusion_matrix"] == confusion
     assert spec.class_names == ["001.zero", "002.one", "003.two"]
     assert (env.checkpoint_dir / CHECKPOINT_FILE).exists()

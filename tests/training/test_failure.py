@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training.failure import (EXIT_FAILURE, EXIT_SIGTERM, MAX_FAILURE_REASON, TrainingInterrupted,
-                                               clear_failure, exit_code, failure_reason, write_failure)
+from image_classifier.training.failure import (
+    EXIT_FAILURE,
+    EXIT_SIGTERM,
+    MAX_FAILURE_REASON,
+    TrainingInterrupted,
+    clear_failure,
+    exit_code,
+    failure_reason,
+    write_failure,
+)
 
 
 @pytest.mark.parametrize("exc, expected", [

@@ -15,14 +15,14 @@ import torch
 from image_classifier import artifacts, local, models
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training import data, features
-from image_classifier.training.metrics import read_epochs
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
+from image_classifier.training.metrics import read_epochs
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
 CLASSES = ["001.zero", "002.one", "003.two"]
 # a frozen random backbone (no ImageNet weights offline): the head learns on its features
-FROZEN = dict(freeze="backbone", augment=False, epochs=3, lr=0.01, batch_size=8)
+FROZEN = {"freeze": "backbone", "augment": False, "epochs": 3, "lr": 0.01, "batch_size": 8}
 
 
 def test_feature_channel_batches_by_epoch_sampler_keys():
@@ -70,8 +70,8 @@ def test_backbone_digest_ignores_the_head_only():
 
 
 def test_cache_key_changes_with_each_input():
-    base = dict(channel="train", channel_files="f", backbone="b", model_name="resnet18", image_size=32,
-                class_names=CLASSES)
+    base = {"channel": "train", "channel_files": "f", "backbone": "b", "model_name": "resnet18", "image_size": 32,
+                "class_names": CLASSES}
     key = features.cache_key(**base)
     assert key.startswith("train-") and key.endswith(".pt")
     for name, other in [("channel", "valid"), ("channel_files", "g"), ("backbone", "c"),

@@ -18,19 +18,19 @@ import torchvision
 from image_classifier import artifacts, explain, local, models
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation import report as evaluation_report
+from image_classifier.images import open_image
 from image_classifier.launch.metrics import metric_regex
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving.codec import Inputs
 from image_classifier.serving.predictor import Predictor
 from image_classifier.training import data, evaluation, job
+from image_classifier.training.checkpoints import CHECKPOINT_FILE
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.features import FeatureChannel
-from image_classifier.training.checkpoints import CHECKPOINT_FILE
 from image_classifier.training.job import run
 from image_classifier.training.loaders import make_loaders
-from image_classifier.training.metrics import METRICS_FILE
 from image_classifier.training.loop import Outputs
-from image_classifier.images import open_image
+from image_classifier.training.metrics import METRICS_FILE
 from image_classifier.transforms import eval_view
 from tests.conftest import TINY_JOB, sdk_hyperparameters, write_digit_tree
 
@@ -113,7 +113,7 @@ def test_whole_job_as_sagemaker_runs_it(tmp_path, opt_ml, digit_tree):
     assert sum(r["support"] for r in evaluation["per_class"]) == 24
     assert all((report / f"{name}.png").stat().st_size > 1000 for name in evaluation_report.PICTURES)
     assert "evaluation of the test channel, 24 images" in log and re.search(r"\nclass +prec +rec +f1 +n\n", log)
-    state_dict, spec = artifacts.load_model(env.model_dir)
+    _state_dict, spec = artifacts.load_model(env.model_dir)
     assert spec.class_names == ["001.zero", "002.one", "003.two"]
     assert spec.labels == ["zero", "one", "two"]
     assert spec.arch == "resnet18" and spec.image_size == 32
@@ -131,7 +131,7 @@ def test_bad_hyperparameter_writes_failure_reason(opt_ml, bad, expected):
     hyperparameters = json.loads(env.hyperparameters_path.read_text())
     env.hyperparameters_path.write_text(json.dumps({**hyperparameters, **bad}))
 
-    code, log = run_job(env, timeout=120)
+    code, _log = run_job(env, timeout=120)
 
     assert code != 0
     reason = env.failure_path.read_text()
@@ -154,7 +154,7 @@ def test_missing_channel_is_a_clear_failure(tmp_path, opt_ml):
 # network amplifies any difference: weights multiplied by (1 + 1e-7) at the checkpoint ended
 # 0.1 away (AdamW's first steps move each weight by about lr whatever the gradient's size), and
 # CI once saw a killed-and-resumed job end that far from the uninterrupted one.
-RESUME_JOB = dict(epochs=3, num_workers=2, freeze="backbone", lr=0.01)
+RESUME_JOB = {"epochs": 3, "num_workers": 2, "freeze": "backbone", "lr": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -246,11 +246,11 @@ def test_serving_agrees_with_training_on_classes_and_accuracy(opt_ml, digit_tree
     predictor = Predictor.load(env.model_dir)
     folders = sorted(p.name for p in (digit_tree / "test").iterdir())
     assert predictor.spec.class_names == folders
-    assert predictor.spec.labels == [data.label_of(f) for f in folders]
+    assert predictor.spec.labels == [artifacts.label_of(f) for f in folders]
     images = sorted((digit_tree / "test").glob("*/*.png"))
     probabilities = predictor.predict(Inputs(images=[open_image(p) for p in images]))
     served = [predictor.spec.labels[i] for i in probabilities.argmax(axis=1)]
-    truth = [data.label_of(p.parent.name) for p in images]
+    truth = [artifacts.label_of(p.parent.name) for p in images]
     accuracy = sum(s == t for s, t in zip(served, truth)) / len(images)
     assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-9)
 
@@ -314,7 +314,8 @@ def test_the_grid_shows_gradcam_of_the_predicted_class_from_64_pixels(test_pass)
     state = _untrained_state(classes)
     probabilities = outputs.arrays()[0]
     cpu = torch.device("cpu")
-    assert evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu) is None  # 32 px: a 1x1 map
+    # 32 px: a 1x1 map
+    assert evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu) is None
     config = config.model_copy(update={"image_size": 64})
     overlays = evaluation.gradcam_overlays(job.model_spec(config, classes), state, probabilities, cpu)
 

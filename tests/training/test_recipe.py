@@ -1,4 +1,5 @@
-"""The fine-tuning recipe: frozen BatchNorm, two stages, discriminative learning rates, warm-up, class weights, MLP heads."""
+"""The fine-tuning recipe: frozen BatchNorm, two stages, discriminative learning rates, warm-up,
+class weights, MLP heads."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from image_classifier import artifacts, datasets, explain, models
+from image_classifier.local import lay_out
 from image_classifier.serving.predictor import Predictor
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
-from image_classifier.local import lay_out
 from image_classifier.training.metrics import METRICS_FILE
 from tests.conftest import sdk_hyperparameters
 from tests.serving import servers
@@ -23,8 +23,9 @@ from tests.serving import servers
 pytestmark = pytest.mark.slow
 
 # EfficientNet-Lite0 fine-tuned at 64 px (a 2x2 last feature map) on 20 photos a class: seconds a job
-FASHION_JOB = dict(model="efficientnet_lite0", freeze="none", epochs=5, image_size=64, batch_size=32,
-                   lr=0.002, optimizer="adamw", weight_decay=0.01, crop_scale_min=0.6, num_workers=0, seed=0)
+FASHION_JOB = {"model": "efficientnet_lite0", "freeze": "none", "epochs": 5, "image_size": 64, "batch_size": 32,
+               "lr": 0.002, "optimizer": "adamw", "weight_decay": 0.01, "crop_scale_min": 0.6, "num_workers": 0,
+               "seed": 0}
 
 
 @pytest.fixture(scope="module")

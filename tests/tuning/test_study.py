@@ -13,7 +13,8 @@ import pytest
 from image_classifier import cli
 from image_classifier.launch import tune as cloud
 from image_classifier.launch.search_space import search_space, to_optuna
-from image_classifier.tuning import report, study as study_module
+from image_classifier.tuning import report
+from image_classifier.tuning import study as study_module
 
 # resnet18 from scratch at 32 px on a few real digits: seconds per job
 STATIC = {"model": "resnet18", "pretrained": "false", "freeze": "none", "image-size": "32", "num-workers": "0",

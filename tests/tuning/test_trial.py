@@ -13,7 +13,6 @@ from image_classifier.training.checkpoints import CHECKPOINT_FILE
 from image_classifier.training.metrics import format_metrics
 from image_classifier.tuning import trial as trial_module
 from image_classifier.tuning.trial import TrialFailed, TrialJob, link_feature_cache, parse_metrics
-
 from tests.conftest import TINY_JOB
 
 

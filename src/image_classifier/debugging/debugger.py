@@ -9,7 +9,6 @@ from image_classifier.debugging import report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, DebugHook
 from image_classifier.debugging.results import ISSUES, RuleResult, format_table, write_results
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training.metrics import read_epochs
 
 if TYPE_CHECKING:  # the rules import smdebug: only once the hook has saved tensors
     from image_classifier.debugging.rules import RuleSet
@@ -23,7 +22,6 @@ class Debugger:
     def __init__(self, hook: DebugHook, env: SageMakerEnv, stop_on: tuple[str, ...] = ()):
         self.hook, self.stop_on = hook, stop_on
         self.directory = env.output_data_dir / DEBUG_OUTPUT_DIR
-        self.output_data_dir = env.output_data_dir
         self._rules: RuleSet | None = None
         self._reported: set[str] = set()
 
@@ -66,10 +64,11 @@ class Debugger:
         self._reported.update(r.rule for r in new)
         return [name for name in fired if name in self.stop_on]
 
-    def close(self, evaluate: bool = True) -> list[RuleResult]:
+    def close(self, evaluate: bool = True, epochs: list[dict] | None = None) -> list[RuleResult]:
         """Final evaluation and the rules table in the log; the hook closed (its tensors copied
-        under output/data/debug); then the debugger report. With `evaluate` false (a job
-        stopped by SIGTERM) only the hook is closed."""
+        under output/data/debug); then the debugger report, with `epochs` (the job's per-epoch
+        figures, `training.metrics.read_epochs`) as its learning curves. With `evaluate` false (a
+        job stopped by SIGTERM) only the hook is closed."""
         results: list[RuleResult] = []
         try:
             if evaluate:
@@ -80,7 +79,7 @@ class Debugger:
             self.hook.close()
         if self._rules is not None and evaluate:
             try:
-                path = report.write(self.directory, self._rules.trial, results, read_epochs(self.output_data_dir))
+                path = report.write(self.directory, self._rules.trial, results, epochs or [])
                 logger.info("debugger report: %s", path)
             except Exception:  # the report is a view of the job's results, not a reason to fail it
                 logger.exception("the debugger report could not be written")

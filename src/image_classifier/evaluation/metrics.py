@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from image_classifier.training.data import label_of
+from image_classifier.artifacts import label_of
 
 TOP_K = 5               # top-k accuracy with k = min(TOP_K, classes)
 CALIBRATION_BINS = 15   # equal-width confidence bins of the ECE and the reliability diagram (Guo et al.'s M)
@@ -125,7 +125,7 @@ def summarize(probabilities: np.ndarray, targets: np.ndarray, class_names: list[
     bins = calibration_bins(confidence, predicted == targets)
     k = min(top_k, classes)
     return {
-        "channel": channel, "images": int(len(targets)), "classes": classes,
+        "channel": channel, "images": len(targets), "classes": classes,
         "accuracy": float((predicted == targets).mean()),
         "top_k": k, "top_k_accuracy": top_k_accuracy(probabilities, targets, k),
         "macro_f1": float(averaged["macro"]), "weighted_f1": float(averaged["weighted"]),
@@ -152,4 +152,4 @@ def format_table(summary: dict[str, Any], width: int = 24) -> str:
     height = -(-len(cells) // columns)
     lines = ["   ".join(cells[c * height + i] for c in range(columns) if c * height + i < len(cells))
              for i in range(height)]
-    return "\n".join([header] + lines)
+    return "\n".join([header, *lines])

@@ -8,15 +8,16 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from image_classifier.artifacts import label_of
 from image_classifier.evaluation import metrics, plots
 from image_classifier.html_page import Page
-from image_classifier.training.data import label_of
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ gunicorn runs `image_classifier.serving.app:create_app()`; tests pass a config m
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -61,7 +62,8 @@ def execution_parameters():
     """What SageMaker Batch Transform should send: one image per request, at most the payload limit,
     as many at once as the server takes (workers × threads), so that they are batched."""
     config = current_app.config
-    return jsonify(sagemaker_env.execution_parameters(config["WORKERS"], config["THREADS"], config["MAX_CONTENT_LENGTH"]))
+    return jsonify(sagemaker_env.execution_parameters(config["WORKERS"], config["THREADS"],
+                                                      config["MAX_CONTENT_LENGTH"]))
 
 
 def _inference_error(exc: InferenceError):

@@ -8,8 +8,8 @@ know are ignored (the header is the client's to use).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from image_classifier.serving.errors import BadRequestError
 

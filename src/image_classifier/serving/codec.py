@@ -6,16 +6,20 @@ import base64
 import binascii
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from image_classifier.serving import attributes, content_types
-from image_classifier.serving.errors import (BadRequestError, InvalidImageError, UnsupportedAcceptError,
-                                             UnsupportedContentTypeError)
 from image_classifier.images import open_image
+from image_classifier.serving import attributes, content_types
+from image_classifier.serving.errors import (
+    BadRequestError,
+    InvalidImageError,
+    UnsupportedAcceptError,
+    UnsupportedContentTypeError,
+)
 
 # The smallest input side every registry model accepts: their backbones downsample 32 times.
 MIN_ARRAY_SIDE = 32
@@ -33,7 +37,7 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.array)
 
-    def split(self) -> list["Inputs"]:
+    def split(self) -> list[Inputs]:
         """One unbatched `Inputs` per image, in order."""
         if self.images is not None:
             return [Inputs(images=[image]) for image in self.images]

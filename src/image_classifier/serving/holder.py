@@ -10,8 +10,9 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from image_classifier.serving.errors import ModelNotReadyError
 from image_classifier.serving.shared import RunDir

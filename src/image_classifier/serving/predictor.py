@@ -51,7 +51,7 @@ class Predictor:
         self.forward = optimize(self.model, spec.image_size) if torchscript else self.model
 
     @classmethod
-    def load(cls, model_dir: Path, torchscript: bool = False) -> "Predictor":
+    def load(cls, model_dir: Path, torchscript: bool = False) -> Predictor:
         """Rebuild the model from `model.pth` and `model_config.json` in `model_dir`.
 
         Args:

@@ -47,7 +47,7 @@ class RunDir:
             weakref.finalize(self, remove_run_dir, path)
         self.path = Path(path)
 
-    def lock(self) -> "ForwardLock":
+    def lock(self) -> ForwardLock:
         return ForwardLock(self.path / LOCK_FILE)
 
     @property

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -22,12 +21,6 @@ logger = logging.getLogger(__name__)
 TRAIN, VALID, TEST = "train", "valid", "test"
 # SageMaker users name the validation channel either way.
 CHANNEL_ALIASES = {VALID: ("valid", "validation")}
-_PREFIX = re.compile(r"^\d+[._-]")
-
-
-def label_of(class_name: str) -> str:
-    """A class folder's label: its name without the `NNN.` prefix (`001.Affenpinscher` → `Affenpinscher`)."""
-    return _PREFIX.sub("", class_name, count=1) or class_name
 
 
 def _check_image(path: str) -> str | None:

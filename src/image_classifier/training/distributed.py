@@ -27,8 +27,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -191,7 +191,7 @@ def all_reduce_meter(meter: Meter) -> Meter:
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     loss_sum, correct, count = sums.tolist()
     steps, seconds = most.tolist()
-    return Meter(loss_sum=loss_sum, correct=int(round(correct)), count=int(round(count)), steps=int(steps),
+    return Meter(loss_sum=loss_sum, correct=round(correct), count=round(count), steps=int(steps),
                  seconds=seconds)
 
 
@@ -289,7 +289,7 @@ class LaunchPlan:
                     "--node_rank", str(self.node_rank)]
         else:
             cmd += ["--standalone"]
-        return cmd + ["-m", "image_classifier.train"]
+        return [*cmd, "-m", "image_classifier.train"]
 
 
 def plan(env: SageMakerEnv, gpus: int | None = None) -> LaunchPlan:

@@ -151,7 +151,7 @@ def _watchers(env: SageMakerEnv, config: TrainConfig,
         if profiler:
             profiler.close(evaluate_rules)
         if debugger:
-            debugger.close(evaluate_rules)
+            debugger.close(evaluate_rules, metrics.read_epochs(env.output_data_dir))
 
 
 def _model_and_data(env: SageMakerEnv, config: TrainConfig, device: torch.device,
@@ -224,7 +224,7 @@ def model_spec(config: TrainConfig, class_names: list[str]) -> artifacts.ModelSp
     norm = models.data_config(config.model)
     return artifacts.ModelSpec(
         arch=config.model, num_classes=len(class_names), class_names=class_names,
-        labels=[data.label_of(c) for c in class_names], image_size=config.image_size,
+        labels=[artifacts.label_of(c) for c in class_names], image_size=config.image_size,
         resize_size=resize_size(config.image_size), mean=list(norm.mean), std=list(norm.std),
         dropout=config.dropout, head_hidden=list(config.hidden_sizes), head_activation=config.head_activation)
 
