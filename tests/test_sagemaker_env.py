@@ -71,7 +71,7 @@ def test_from_environ_reads_os_environ_once(monkeypatch, base):
     monkeypatch.setenv(sm.BIND_TO_PORT_ENV, "9001")
     monkeypatch.setenv(sm.BASE_DIR_ENV, "/elsewhere")
     assert env.base_dir == base
-    assert env.port == 9000
+    assert env.server.port == 9000
     with pytest.raises(dataclasses.FrozenInstanceError):
         env.base_dir = Path("/x")  # type: ignore[misc]
 
@@ -171,14 +171,14 @@ def test_channels_from_folders_when_no_inputdataconfig(env, base):
     ("max_image_pixels", {sm.MAX_IMAGE_PIXELS_ENV: "1000000"}, 1_000_000),
 ])
 def test_serving_settings_from_environment(attribute, environ, expected):
-    assert getattr(SageMakerEnv.from_environ(environ), attribute) == expected
+    assert getattr(SageMakerEnv.from_environ(environ).server, attribute) == expected
 
 
 @pytest.mark.parametrize("cpu_count", [5, None])
 def test_model_server_defaults_do_not_depend_on_the_cores(monkeypatch, cpu_count):
     monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
     env = SageMakerEnv.from_environ({})
-    assert (env.model_server_workers, env.model_server_threads, env.max_batch) == (1, 8, 16)
+    assert (env.server.model_server_workers, env.server.model_server_threads, env.server.max_batch) == (1, 8, 16)
 
 
 @pytest.mark.parametrize("file, env, expected", [
@@ -226,12 +226,12 @@ def test_invalid_server_setting_names_the_variable_the_value_and_what_it_accepts
     ({"UNRELATED": "x"}, 1),
 ])
 def test_server_settings_spellings(environ, expected):
-    assert SageMakerEnv.from_environ(environ).model_server_workers == expected
+    assert SageMakerEnv.from_environ(environ).server.model_server_workers == expected
 
 
 def test_server_settings_are_built_once_and_frozen():
     env = SageMakerEnv.from_environ({sm.THREADS_ENV: "4"})
-    assert env.server is env.server and env.model_server_threads == 4
+    assert env.server is env.server and env.server.model_server_threads == 4
     with pytest.raises(ValueError):
         env.server.model_server_threads = 2  # type: ignore[misc]
 

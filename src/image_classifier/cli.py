@@ -14,8 +14,8 @@ import requests
 from image_classifier import datasets
 from image_classifier.client import content_type_for, explain, format_answer, format_predictions, predict
 from image_classifier.launch import metrics
-from image_classifier.launch.exit_codes import FAILED, USAGE, exit_on
-from image_classifier.transform import DEFAULT_RETRIES, EXIT_INTERRUPTED, backoff_seconds, transform
+from image_classifier.launch.exit_codes import FAILED, INTERRUPTED, USAGE, exit_on
+from image_classifier.transform import DEFAULT_RETRIES, backoff_seconds, transform
 from image_classifier.tuning import PRUNERS
 
 # the client's functions, here too for `image_classifier.cli.predict` and the like (client.py has them)
@@ -75,7 +75,7 @@ def _transform(args: argparse.Namespace) -> int:
         print(f"interrupted: {args.output} holds every row written; rerun to do the rest", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
-        os._exit(EXIT_INTERRUPTED)  # the pool's threads may be retrying: do not wait for them
+        os._exit(INTERRUPTED)  # the pool's threads may be retrying: do not wait for them
     if summary.skipped == summary.files:
         print(f"all {summary.files} files are already in {args.output}: nothing to do")
         return 0
@@ -84,10 +84,10 @@ def _transform(args: argparse.Namespace) -> int:
           f"retries; {summary.concurrency} requests at a time, {summary.seconds:.1f} s")
     if summary.interrupted:
         print("interrupted: the files not sent have no row; rerun to do them", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return INTERRUPTED
     if summary.failed:
         print(f"error: {summary.failed} files failed after retries; rerun to retry them", file=sys.stderr)
-        return 1
+        return FAILED
     return 0
 
 
@@ -107,7 +107,7 @@ def _report(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from image_classifier.launch.common import parse_static
     from image_classifier.tuning.report import BEST_FILE
-    from image_classifier.tuning.study import EXIT_INTERRUPTED, tune
+    from image_classifier.tuning.study import tune
 
     ranges = args.search_space
     if ranges is not None and not ranges.lstrip().startswith("{"):
@@ -124,7 +124,7 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"best: {best['training_job']} {best['objective']}={best['objective_value']:.6g}; "
               f"hyperparameters in {args.output / BEST_FILE}, model in {trial_dir}/model")
     print(f"study {study.study_name}: table, trials.csv and plots/ in {args.output}")
-    return EXIT_INTERRUPTED if interrupted else 0 if best is not None else 1
+    return INTERRUPTED if interrupted else 0 if best is not None else FAILED
 
 
 def _add_prepare_data(sub: argparse._SubParsersAction) -> None:

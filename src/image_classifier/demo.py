@@ -27,7 +27,6 @@ SAMPLE_HYPERPARAMETERS = {
     "lr": "0.002", "optimizer": "adamw", "weight-decay": "0.05", "image-size": "32",
     "crop-scale-min": "0.6", "hflip-prob": "0", "num-workers": "0", "seed": "1",
 }
-PING_TIMEOUT_SECONDS = 120
 
 
 def sample_photo() -> Path:
@@ -64,7 +63,7 @@ def run_demo(data_dir: Path = Path("local/fashion-mnist"), base_dir: Path = Path
     print(f"== starting the model server on {url}")
     server = local.start_server(env.base_dir, port, workers=1)
     try:
-        local.wait_for_ping(url, server, timeout=PING_TIMEOUT_SECONDS)
+        local.wait_for_ping(url, server)
         product = sorted((data_dir / "test").glob("*/*.png"))[0]
         for image in (sample_photo(), product):
             print(f"\n== POST {image} to {url}/invocations")

@@ -9,6 +9,7 @@ version of this project.
 from __future__ import annotations
 
 import logging
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from image_classifier.debugging import report as debugger_report
 from image_classifier.debugging.hook import DEBUG_OUTPUT_DIR, TENSORS_DIR
 from image_classifier.debugging.results import RuleResult, format_table, write_results
+from image_classifier.launch.exit_codes import FAILED, exit_on
 from image_classifier.profiling import report as profiler_report
 from image_classifier.profiling import rules as profiler_rules
 from image_classifier.profiling.profiler import PROFILER_OUTPUT_DIR, load
@@ -97,19 +99,18 @@ def rebuild(output: Path, out: Path) -> dict[str, list[RuleResult]]:
     return results
 
 
+@exit_on({FileNotFoundError: FAILED, ValueError: FAILED})
 def main(source: str, out: Path | None) -> int:
-    """`image-classifier report`: rebuild, print the rules tables and where the reports are."""
+    """`image-classifier report`: rebuild, print the rules tables and where the reports are; an
+    unreadable or missing source is an `error:` line on stderr and exit code 1."""
     with tempfile.TemporaryDirectory() as workdir:
-        try:
-            output = fetch(source, Path(workdir))
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"error: {exc}")
-            return 1
+        output = fetch(source, Path(workdir))
         target = out or (output if Path(source).is_dir() else Path("reports"))
         results = rebuild(output, target)
     if not any(results.values()):
-        print(f"error: {source} holds neither debug/tensors nor profiler/ data (was debug or profile on?)")
-        return 1
+        print(f"error: {source} holds neither debug/tensors nor profiler/ data (was debug or profile on?)",
+              file=sys.stderr)
+        return FAILED
     for kind, report_file, folder in (("debugger", debugger_report.REPORT_FILE, DEBUG_OUTPUT_DIR),
                                       ("profiler", profiler_report.REPORT_FILE, PROFILER_OUTPUT_DIR)):
         if results[kind]:

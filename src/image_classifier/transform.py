@@ -37,7 +37,6 @@ COLUMNS = ("key", "label", "class_id", "probability", "top_k", "error")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})  # Pillow reads
 
 DEFAULT_TOP_K = 5
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention (as tune's)
 DEFAULT_CONCURRENCY = 4  # requests at a time when the server has no /execution-parameters
 # The model server takes ~5-20 s to come back after a restart (refusing connections, then
 # answering 503 while it loads): the retries of one request wait 0, 1, 2, 4, 8, then 10 s each,

@@ -44,5 +44,5 @@ def test_an_archive_reaching_outside_is_refused(tmp_path, capsys):
     archive = tmp_path / "output.tar.gz"
     archive.write_bytes(output_archive({"../escaped.txt": b"x"}))
     assert reports.main(str(archive), tmp_path / "out") == 1
-    assert "outside the destination" in capsys.readouterr().out
+    assert "outside the destination" in capsys.readouterr().err
     assert not (tmp_path / "escaped.txt").exists()

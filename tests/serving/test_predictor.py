@@ -43,4 +43,4 @@ def test_a_model_torchscript_rejects_is_served_eagerly(caplog):
 @pytest.mark.parametrize("value, expected", [(None, True), ("true", True), ("false", False), ("0", False)])
 def test_the_switch(value, expected):
     environ = {} if value is None else {"MODEL_SERVER_TORCHSCRIPT": value}
-    assert SageMakerEnv.from_environ(environ).torchscript is expected
+    assert SageMakerEnv.from_environ(environ).server.torchscript is expected

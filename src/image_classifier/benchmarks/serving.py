@@ -107,7 +107,7 @@ class Limit:
         from image_classifier.serving.predictor import Predictor
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.predictor = Predictor.load(model_dir, SageMakerEnv.from_environ().torchscript)
+        self.predictor = Predictor.load(model_dir, SageMakerEnv.from_environ().server.torchscript)
         self.payload = payload
         for _ in range(3):
             self.run(1)

@@ -111,8 +111,8 @@ def job_settings(container_environment: dict[str, str]) -> dict[str, Any]:
     the job's, which SageMaker merges over it) by `sagemaker_env.execution_parameters`, the
     function behind the container's own `GET /execution-parameters`.
     """
-    env = SageMakerEnv.from_environ(container_environment)
-    params = execution_parameters(env.model_server_workers, env.model_server_threads, env.max_payload_bytes)
+    server = SageMakerEnv.from_environ(container_environment).server
+    params = execution_parameters(server.model_server_workers, server.model_server_threads, server.max_payload_bytes)
     return {"MaxConcurrentTransforms": params["MaxConcurrentTransforms"],
             "MaxPayloadInMB": params["MaxPayloadInMB"],
             "BatchStrategy": BATCH_STRATEGIES[params["BatchStrategy"]]}
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace, boto_session: boto3.Session) -> int:
     environment = _container_environment(sm, args)
     settings = job_settings(environment)
     inputs = list_inputs(s3, args.input)
-    check_inputs(inputs, SageMakerEnv.from_environ(environment).max_payload_bytes)
+    check_inputs(inputs, SageMakerEnv.from_environ(environment).server.max_payload_bytes)
     suffix = time.strftime("%Y%m%d-%H%M%S")
     job_name = args.job_name or f"{args.name}-{suffix}"
     model_name = args.model_name or f"{args.name}-{suffix}"

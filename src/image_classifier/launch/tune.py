@@ -22,6 +22,7 @@ from image_classifier.launch import metrics, search_space
 from image_classifier.launch.common import add_training_job_arguments, parse_static
 from image_classifier.launch.dry_run import DryRun, Stopped
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
+from image_classifier.training.config import SAGEMAKER_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def best_hyperparameters(job: dict[str, Any]) -> dict[str, Any]:
     if not best:
         raise ValueError(f"tuning job {job['HyperParameterTuningJobName']} has no best training job")
     static = job.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
-    hyperparameters = {k: v for k, v in static.items() if not k.startswith(("sagemaker_", "_tuning"))}
+    hyperparameters = {k: v for k, v in static.items() if not k.startswith(SAGEMAKER_KEYS)}
     hyperparameters.update(best["TunedHyperParameters"])
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
     return {"tuning_job": job["HyperParameterTuningJobName"], "training_job": best["TrainingJobName"],

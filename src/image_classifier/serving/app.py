@@ -93,11 +93,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     env = SageMakerEnv.from_environ()
     app = Flask(__name__)
+    server = env.server
     app.config.from_mapping(
-        MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=env.max_payload_bytes,
-        MAX_IMAGE_PIXELS=env.max_image_pixels, WORKERS=env.model_server_workers,
-        THREADS=env.model_server_threads, LOAD_IN_BACKGROUND=True,
-        TORCHSCRIPT=env.torchscript, LOAD_WAIT=env.model_server_timeout / 2, MAX_BATCH=env.max_batch)
+        MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=server.max_payload_bytes,
+        MAX_IMAGE_PIXELS=server.max_image_pixels, WORKERS=server.model_server_workers,
+        THREADS=server.model_server_threads, LOAD_IN_BACKGROUND=True,
+        TORCHSCRIPT=server.torchscript, LOAD_WAIT=server.model_server_timeout / 2, MAX_BATCH=server.max_batch)
     app.config.update(config or {})
     app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],
                                                   app.config["TORCHSCRIPT"], app.config["MAX_BATCH"])

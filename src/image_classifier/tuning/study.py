@@ -27,7 +27,6 @@ SQLITE_TIMEOUT_SECONDS = 60      # parallel trials write to one SQLite file: wai
 MEDIAN_STARTUP_TRIALS = 3        # median: trials that run to the end before any is pruned
 MEDIAN_WARMUP_EPOCHS = 1         # median: epochs of each trial never pruned
 HYPERBAND_REDUCTION_FACTOR = 3   # hyperband: 1/3 of the trials at a rung go on to the next
-EXIT_INTERRUPTED = 130           # 128 + SIGINT, the shell's convention
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
