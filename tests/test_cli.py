@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from werkzeug.serving import make_server
 
-from image_classifier import cli
+from image_classifier import cli, client
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.local import free_port
 from image_classifier.serving.app import create_app
@@ -28,7 +28,7 @@ from tests.serving.images import china_path, encode, npy, payload_file, photo, r
     ("archive.tar.npy", "application/x-npy"),
 ])
 def test_content_type_for(name, expected):
-    assert cli.content_type_for(Path(name)) == expected
+    assert client.content_type_for(Path(name)) == expected
 
 
 @pytest.mark.parametrize("predictions", [
@@ -39,7 +39,7 @@ def test_content_type_for(name, expected):
      {"label": "x" * 40, "class_id": 1, "probability": 0.00004}],
 ])
 def test_format_predictions(predictions):
-    lines = cli.format_predictions(predictions).splitlines()
+    lines = client.format_predictions(predictions).splitlines()
     assert lines[0].split() == ["rank", "label", "class_id", "probability"]
     assert len(lines) == len(predictions) + 1
     for rank, (line, p) in enumerate(zip(lines[1:], predictions), 1):
@@ -66,14 +66,14 @@ def url(model_dir):
 
 def _probabilities(url: str, path: Path) -> np.ndarray:
     response = requests.post(f"{url}/invocations", data=path.read_bytes(), timeout=30,
-                             headers={"Content-Type": cli.content_type_for(path), "Accept": "application/x-npy"})
+                             headers={"Content-Type": client.content_type_for(path), "Accept": "application/x-npy"})
     assert response.status_code == 200
     return np.load(io.BytesIO(response.content))
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 5, 10])
 def test_predict(url, top_k):
-    predictions = cli.predict(url + "/", china_path(), top_k=top_k)
+    predictions = client.predict(url + "/", china_path(), top_k=top_k)
     row = _probabilities(url, china_path())[0]
     assert [p["class_id"] for p in predictions] == list(np.argsort(-row, kind="stable")[:top_k])
     assert [p["label"] for p in predictions] == [DIGIT_NAMES[p["class_id"]] for p in predictions]
@@ -88,7 +88,7 @@ def test_main_predict_prints_the_table(url, tmp_path, capsys, suffix):
     assert cli.main(["predict", str(path), "--url", url, "--top-k", "4"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
-    assert captured.out.rstrip("\n") == cli.format_predictions(cli.predict(url, path, top_k=4))
+    assert captured.out.rstrip("\n") == client.format_predictions(client.predict(url, path, top_k=4))
     assert len(captured.out.strip().splitlines()) == 5
 
 
@@ -98,8 +98,8 @@ def test_main_predict_a_batch_prints_a_table_per_image(url, tmp_path, capsys):
     assert cli.main(["predict", str(path), "--url", url, "--top-k", "2"]) == 0
     tables = capsys.readouterr().out.strip().split("\n\n")
     assert len(tables) == 3
-    for table, predictions in zip(tables, cli.predict(url, path, top_k=2)):
-        assert table == cli.format_predictions(predictions)
+    for table, predictions in zip(tables, client.predict(url, path, top_k=2)):
+        assert table == client.format_predictions(predictions)
 
 
 @pytest.mark.parametrize("name, body, args, words", [
@@ -124,7 +124,7 @@ def test_predict_raises_with_the_server_message(url, tmp_path):
     path = tmp_path / "bad.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(RuntimeError, match=r"^400 from .*: body is not a readable image"):
-        cli.predict(url, path)
+        client.predict(url, path)
 
 
 def test_main_predict_without_a_server(tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_main_predict_without_a_server(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ")
     with pytest.raises(requests.ConnectionError):
-        cli.predict(f"http://127.0.0.1:{port}", china_path())
+        client.predict(f"http://127.0.0.1:{port}", china_path())
 
 
 def test_main_predict_missing_file(url, tmp_path, capsys):
@@ -152,7 +152,7 @@ def test_main_predict_non_json_error_body(tmp_path, capsys, monkeypatch):
         def json(self):
             raise ValueError("not JSON")
 
-    monkeypatch.setattr(cli.requests, "post", lambda *args, **kwargs: Response())
+    monkeypatch.setattr(client.requests, "post", lambda *args, **kwargs: Response())
     assert cli.main(["predict", str(china_path()), "--url", "http://gateway"]) == 1
     assert capsys.readouterr().err.strip() == "error: 502 from http://gateway: <html>Bad Gateway</html>"
 
@@ -170,10 +170,10 @@ def test_predict_sends_the_content_type_and_top_k(tmp_path, monkeypatch):
         seen.update(url=url, data=data, headers=headers)
         return Response()
 
-    monkeypatch.setattr(cli.requests, "post", fake_post)
+    monkeypatch.setattr(client.requests, "post", fake_post)
     path = tmp_path / "x.npy"
     path.write_bytes(b"abc")
-    assert cli.predict("http://host:1/", path, top_k=7) == [{"label": "a", "class_id": 0, "probability": 1.0}]
+    assert client.predict("http://host:1/", path, top_k=7) == [{"label": "a", "class_id": 0, "probability": 1.0}]
     assert seen == {"url": "http://host:1/invocations", "data": b"abc",
                     "headers": {"Content-Type": "application/x-npy", "Accept": "application/json",
                                 "X-Amzn-SageMaker-Custom-Attributes": "top_k=7"}}
@@ -198,7 +198,7 @@ def test_main_predict_explain_writes_the_overlay_and_prints_the_table(url, tmp_p
     overlay = tmp_path / "overlay.png"
     assert cli.main(["predict", str(china_path()), "--url", url, "--top-k", "3", "--explain", str(overlay)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "\n".join(lines[:4]) == cli.format_predictions(cli.predict(url, china_path(), top_k=3))
+    assert "\n".join(lines[:4]) == client.format_predictions(client.predict(url, china_path(), top_k=3))
     assert lines[4:] == [f"Grad-CAM overlay written to {overlay}"]
     assert _png_size(overlay) == (32, 32)  # the model's input size: the image as the model saw it
 
@@ -206,7 +206,7 @@ def test_main_predict_explain_writes_the_overlay_and_prints_the_table(url, tmp_p
 def test_main_predict_explain_a_class_and_a_batch(url, tmp_path, capsys):
     path = tmp_path / "batch.npy"
     path.write_bytes(npy(random_batch(2, side=40)))
-    predictions, paths = cli.explain(url, path, tmp_path / "heat.png", top_k=2, explain_class="seven")
+    predictions, paths = client.explain(url, path, tmp_path / "heat.png", top_k=2, explain_class="seven")
     assert [p.name for p in paths] == ["heat-0.png", "heat-1.png"] and len(predictions) == 2
     assert all(_png_size(p) == (40, 40) for p in paths)
     assert cli.main(["predict", str(path), "--url", url, "--explain", str(tmp_path / "x.png"),

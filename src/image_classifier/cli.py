@@ -12,14 +12,11 @@ from pathlib import Path
 import requests
 
 from image_classifier import datasets
-from image_classifier.client import content_type_for, explain, format_answer, format_predictions, predict
+from image_classifier.client import explain, format_answer, predict
 from image_classifier.launch import metrics
 from image_classifier.launch.exit_codes import FAILED, INTERRUPTED, USAGE, exit_on
 from image_classifier.transform import DEFAULT_RETRIES, backoff_seconds, transform
 from image_classifier.tuning import PRUNERS
-
-# the client's functions, here too for `image_classifier.cli.predict` and the like (client.py has them)
-__all__ = ["build_parser", "content_type_for", "explain", "format_answer", "format_predictions", "main", "predict"]
 
 
 @exit_on({ValueError: FAILED, OSError: FAILED, requests.RequestException: FAILED})

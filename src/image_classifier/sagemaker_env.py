@@ -38,6 +38,8 @@ MAX_BATCH_ENV = "MODEL_SERVER_MAX_BATCH"      # images in one batched forward pa
 HYPERPARAMETERS_ENV = "SM_HPS"
 HOSTS_ENV = "SM_HOSTS"
 CURRENT_HOST_ENV = "SM_CURRENT_HOST"
+# torchrun sets these in each worker process it starts (torch.distributed.run's documentation)
+RANK_ENV, WORLD_SIZE_ENV, LOCAL_RANK_ENV = "RANK", "WORLD_SIZE", "LOCAL_RANK"
 # SageMaker's own hyperparameters that shape a distributed job, as the toolkit reads them
 # (sagemaker_training/params.py; runner.py uses the first for torch_distributed too).
 PROCESSES_PER_HOST_HP = "sagemaker_mpi_num_of_processes_per_host"  # default: GPUs, or 1 without
@@ -64,6 +66,11 @@ INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
 RESOURCE_CONFIG_FILE = "resourceconfig.json"
 CHECKPOINT_CONFIG_FILE = "checkpointconfig.json"
 FAILURE_FILE = "failure"
+
+
+def is_torchrun_worker(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in a process torchrun started (it sets RANK and WORLD_SIZE)."""
+    return RANK_ENV in environ and WORLD_SIZE_ENV in environ
 
 
 def _read_json(path: Path) -> dict[str, Any]:

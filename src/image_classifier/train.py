@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 
-from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.sagemaker_env import RANK_ENV, SageMakerEnv, is_torchrun_worker
 from image_classifier.training.failure import (
     TrainingInterrupted,
     clear_failure,
@@ -27,11 +27,10 @@ from image_classifier.training.failure import (
 
 logger = logging.getLogger("image_classifier.train")
 
-WORKER_ENV = "RANK"  # set by torchrun in each worker process (training/distributed.py)
 
 
 def configure_logging() -> None:
-    rank = f"[rank {os.environ[WORKER_ENV]}] " if WORKER_ENV in os.environ else ""
+    rank = f"[rank {os.environ[RANK_ENV]}] " if is_torchrun_worker() else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s")
 
@@ -45,7 +44,7 @@ def main() -> int:
     """
     configure_logging()
     env = SageMakerEnv.from_environ()
-    worker = WORKER_ENV in os.environ  # torchrun's; the launching `train` has cleared output/failure
+    worker = is_torchrun_worker()  # the launching `train` has cleared output/failure
     if not worker:
         clear_failure(env)
     stop = threading.Event()

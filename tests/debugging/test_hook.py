@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from image_classifier import models
+from image_classifier import local, models
 from image_classifier.debugging.hook import (
     DEBUG_OUTPUT_DIR,
     HOOK_CONFIG_FILE,
@@ -21,7 +20,7 @@ from image_classifier.debugging.hook import (
     DebugHook,
     hook_config,
 )
-from image_classifier.sagemaker_env import BASE_DIR_ENV, SageMakerEnv
+from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
 
@@ -141,7 +140,7 @@ def test_off_costs_nothing(opt_ml, tmp_path):
     env = opt_ml(debug=False, epochs=1)
     script = ("import sys; from image_classifier.train import main; code = main(); "
               "sys.exit(code or (3 if 'smdebug' in sys.modules else 0))")
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, BASE_DIR_ENV: str(env.base_dir)},
+    result = subprocess.run([sys.executable, "-c", script], env=local.child_environ(env.base_dir),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]
     assert not (env.output_dir / TENSORS_DIR).exists()
@@ -151,7 +150,7 @@ def test_off_costs_nothing(opt_ml, tmp_path):
 def test_asked_for_without_smdebug_fails_at_start(opt_ml):
     env = opt_ml(debug=True)
     script = "import sys; sys.modules['smdebug'] = None; from image_classifier.train import main; sys.exit(main())"
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, BASE_DIR_ENV: str(env.base_dir)},
+    result = subprocess.run([sys.executable, "-c", script], env=local.child_environ(env.base_dir),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     reason = env.failure_path.read_text()

@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from image_classifier import cli
+from image_classifier import cli, client
 from image_classifier.datasets import DIGIT_NAMES
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
@@ -313,8 +313,8 @@ def test_cli_predict(server, capsys):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert lines[0].split() == ["rank", "label", "class_id", "probability"]
-    predictions = cli.predict(server.url, china_path(), top_k=3)
-    assert lines[1:] == cli.format_predictions(predictions).splitlines()[1:]
+    predictions = client.predict(server.url, china_path(), top_k=3)
+    assert lines[1:] == client.format_predictions(predictions).splitlines()[1:]
     assert [line.split()[1] for line in lines[1:]] == [p["label"] for p in predictions]
 
 
@@ -338,7 +338,7 @@ def test_cli_predict_reports_the_server_error(server, tmp_path, capsys, name, bo
     assert captured.out == ""
     assert captured.err.startswith("error: 400 from ") and words in captured.err
     with pytest.raises(RuntimeError, match=words):
-        cli.predict(server.url, path, top_k=int(args[1]) if args else 5)
+        client.predict(server.url, path, top_k=int(args[1]) if args else 5)
 
 
 # --- after all of the above ------------------------------------------------------------

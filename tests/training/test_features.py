@@ -169,10 +169,8 @@ def test_jobs_side_by_side_compute_the_features_once(opt_ml, tmp_path):
     second = SageMakerEnv(base_dir=tmp_path / "second")
     shutil.copytree(first.base_dir, second.base_dir, symlinks=True)
     shared = tmp_path / "shared-cache"
-    shared.mkdir()
     for env in (first, second):
-        env.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (env.checkpoint_dir / features.CACHE_DIR).symlink_to(shared)
+        local.link_feature_cache(env, shared)
         env.hyperparameters_path.write_text(json.dumps(sdk_hyperparameters(**{**TINY_JOB, **FROZEN})))
     jobs = [local.start_job(e.base_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for e in (first, second)]

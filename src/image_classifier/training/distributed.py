@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from image_classifier import artifacts
-from image_classifier.sagemaker_env import SageMakerEnv
+from image_classifier.sagemaker_env import LOCAL_RANK_ENV, RANK_ENV, WORLD_SIZE_ENV, SageMakerEnv, is_torchrun_worker
 from image_classifier.training.failure import EXIT_SIGTERM, write_failure
 from image_classifier.training.loop import Meter
 
@@ -49,23 +49,23 @@ MASTER_PORT = 7777
 # --- in a worker ------------------------------------------------------------------------------
 
 def is_worker() -> bool:
-    """True in a process torchrun started (it sets RANK and WORLD_SIZE)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """True in a process torchrun started (`sagemaker_env.is_torchrun_worker`)."""
+    return is_torchrun_worker()
 
 
 def rank() -> int:
     """This process's global rank, 0 to world_size - 1 (0 outside torchrun)."""
-    return int(os.environ.get("RANK", 0)) if is_worker() else 0
+    return int(os.environ.get(RANK_ENV, 0)) if is_worker() else 0
 
 
 def world_size() -> int:
     """The number of processes of the job (1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", 1)) if is_worker() else 1
+    return int(os.environ.get(WORLD_SIZE_ENV, 1)) if is_worker() else 1
 
 
 def local_rank() -> int:
     """This process's rank on its host: the GPU it uses (0 outside torchrun)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) if is_worker() else 0
+    return int(os.environ.get(LOCAL_RANK_ENV, 0)) if is_worker() else 0
 
 
 def is_main() -> bool:
