@@ -31,7 +31,8 @@ def test_compose_runs_prepare_then_train_then_serve(compose):
     assert "./data:/opt/ml/input/data:ro" in services["train"]["volumes"]
     assert "./local/opt_ml:/opt/ml" in services["train"]["volumes"]
     assert any(v.endswith(":/opt/ml/model:ro") for v in services["serve"]["volumes"])
-    assert services["serve"]["ports"] == ["${PORT:-8080}:8080"]
+    # published on loopback unless BIND_ADDRESS says otherwise: not to everyone on the network
+    assert services["serve"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:${PORT:-8080}:8080"]
     assert "/ping" in " ".join(services["serve"]["healthcheck"]["test"])
     assert services["serve"]["user"] == "model-server"
 

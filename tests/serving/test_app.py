@@ -158,8 +158,10 @@ def test_image_prediction_is_the_model_on_the_preprocessed_image(app, client):
 
 
 @pytest.mark.parametrize("content_type", ["Image/JPEG", "image/jpeg; charset=x", "application/x-image",
-                                          "APPLICATION/X-IMAGE; foo=bar", "image/png"])
+                                          "APPLICATION/X-IMAGE; foo=bar", "image/png",
+                                          "application/octet-stream"])
 def test_content_type_parameters_and_case_are_ignored(client, content_type):
+    """(application/octet-stream: what the SageMaker SDK's default Predictor sends bytes as.)"""
     expected = probabilities(client, china_jpeg(), "image/jpeg")
     np.testing.assert_array_equal(probabilities(client, china_jpeg(), content_type), expected)
 
@@ -396,6 +398,16 @@ def test_payload_limit_holds_for_chunked_bodies(app, client, monkeypatch, extra,
                                                   ("PUT", "/execution-parameters", 405)])
 def test_unknown_routes_answer_json(client, method, path, status):
     check_error(client.open(path, method=method), status)
+
+
+@pytest.mark.parametrize("method, path, allowed", [("POST", "/ping", {"GET", "HEAD", "OPTIONS"}),
+                                                   ("GET", "/invocations", {"POST", "OPTIONS"})])
+def test_405_says_which_methods_are_allowed(client, method, path, allowed):
+    """RFC 9110 section 15.5.6: a 405 carries `Allow`; the body stays the JSON error."""
+    response = client.open(path, method=method)
+    check_error(response, 405)
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+    assert response.mimetype == "application/json"
 
 
 def test_real_fault_is_500_without_details(app, client, monkeypatch):

@@ -73,7 +73,12 @@ def _inference_error(exc: InferenceError):
 
 
 def _http_error(exc: HTTPException):
-    return jsonify(error=exc.description), exc.code
+    """Werkzeug's HTTP errors as JSON, keeping their headers but the type (405's `Allow`,
+    which RFC 9110 section 15.5.6 requires)."""
+    response = jsonify(error=exc.description)
+    response.headers.extend((name, value) for name, value in exc.get_headers()
+                            if name.lower() != "content-type")
+    return response, exc.code
 
 
 def _unexpected_error(exc: Exception):

@@ -125,6 +125,7 @@ _DECODERS: dict[str, Callable[[bytes, int | None], Inputs]] = {
     content_types.JPEG: _image_to_inputs,
     content_types.PNG: _image_to_inputs,
     content_types.X_IMAGE: _image_to_inputs,
+    content_types.OCTET_STREAM: _image_to_inputs,  # the SDK's default serializer: bytes of an image
     content_types.NPY: _npy_to_inputs,
     content_types.JSON: _json_to_inputs,
 }

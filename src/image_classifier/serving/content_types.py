@@ -3,11 +3,13 @@
 JPEG = "image/jpeg"
 PNG = "image/png"
 X_IMAGE = "application/x-image"  # SageMaker's generic image type: any format Pillow reads
+# what the SageMaker SDK's default Predictor (IdentitySerializer) sends raw bytes as: read as an image
+OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
 NPY = "application/x-npy"
 ANY = "*/*"
 
-IMAGE_TYPES = (JPEG, PNG, X_IMAGE)
+IMAGE_TYPES = (JPEG, PNG, X_IMAGE, OCTET_STREAM)
 
 
 def base_type(header: str | None) -> str:
