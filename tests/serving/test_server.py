@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +288,20 @@ def test_client_errors(server, content_type, accept, top_k, body, status, words)
     if body == "chunked-over":  # no Content-Length: requests sends a generator chunked
         body = _chunks(MAX_PAYLOAD + 100_000)
     check_error(post(server, body, content_type, accept=accept, top_k=top_k), status, words)
+
+
+@pytest.mark.parametrize("size", [MAX_PAYLOAD + 1, 3 * MAX_PAYLOAD])
+def test_a_client_that_sends_all_before_reading_gets_the_413(server, size):
+    """Python's urllib writes the whole body before it reads: the server reads and discards the
+    rest of a body over the limit (up to its bounds) before it answers, so the 413 and its JSON
+    arrive instead of "Broken pipe"; the connection is then closed."""
+    request = urllib.request.Request(f"{server.url}/invocations", data=b"\0" * size, method="POST",
+                                     headers={"Content-Type": "application/x-npy"})
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=60)
+    assert raised.value.code == 413
+    assert raised.value.headers["Connection"] == "close"
+    assert list(json.loads(raised.value.read())) == ["error"]
 
 
 def test_payload_at_the_limit_is_read(server):

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from image_classifier import sagemaker_env
 from image_classifier.sagemaker_env import SageMakerEnv
 from image_classifier.serving import codec
 from image_classifier.serving.errors import InferenceError
 from image_classifier.serving.holder import PredictorHolder
-from image_classifier.serving.parser import parse_request
+from image_classifier.serving.parser import discard_body, parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,13 @@ def _http_error(exc: HTTPException):
     return response, exc.code
 
 
+def _too_large(exc: RequestEntityTooLarge):
+    """413, after the rest of the body is read and discarded (within `parser.discard_body`'s
+    bounds), so that a client still sending it reads the answer."""
+    discard_body(request.environ)
+    return _http_error(exc)
+
+
 def _unexpected_error(exc: Exception):
     logger.exception("unexpected error on %s %s", request.method, request.path)
     return jsonify(error="internal server error"), HTTPStatus.INTERNAL_SERVER_ERROR
@@ -109,6 +116,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                                   app.config["TORCHSCRIPT"], app.config["MAX_BATCH"])
     app.register_blueprint(bp)
     app.register_error_handler(InferenceError, _inference_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app

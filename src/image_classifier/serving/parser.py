@@ -8,8 +8,11 @@ The body is decoded later, by `codec.decode` (415, 400): the route's next step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Request
 from werkzeug.datastructures import MIMEAccept
@@ -19,6 +22,15 @@ from werkzeug.http import parse_accept_header
 from image_classifier.serving import attributes, codec, content_types
 from image_classifier.serving.attributes import Attributes
 from image_classifier.serving.errors import UnsupportedAcceptError
+
+logger = logging.getLogger(__name__)
+
+# How much of a refused (413) body is read and discarded before the answer, as nginx's lingering
+# close does (its lingering_time 30 s and lingering_timeout 5 s defaults): a client that writes
+# its whole body before it reads (Python's urllib) gets the 413 instead of "Broken pipe".
+LINGER_MAX_BYTES = 32 * 2**20   # bytes discarded at most
+LINGER_SECONDS = 30.0           # seconds spent discarding at most
+LINGER_READ_SECONDS = 5.0       # seconds one read may wait for the client
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,28 @@ def _read_body(request: Request) -> bytes:
             and request.environ.get("wsgi.input_terminated") and request.environ["wsgi.input"].read(1)):
         raise RequestEntityTooLarge()  # a chunked body: werkzeug stops at the limit without an error
     return body
+
+
+def discard_body(environ: Mapping[str, Any]) -> int:
+    """Read and discard what is left of a refused request's body, within LINGER_MAX_BYTES,
+    LINGER_SECONDS and LINGER_READ_SECONDS a read (gunicorn's socket, `gunicorn.socket`, gets
+    that timeout); the bytes discarded. A body left partly unread closes the connection after
+    the answer (gunicorn_config.pre_request, or gunicorn itself)."""
+    stream, sock = environ.get("wsgi.input"), environ.get("gunicorn.socket")
+    if stream is None:
+        return 0
+    if sock is not None:
+        sock.settimeout(LINGER_READ_SECONDS)
+    deadline, discarded = time.monotonic() + LINGER_SECONDS, 0
+    try:
+        while discarded < LINGER_MAX_BYTES and time.monotonic() < deadline:
+            chunk = stream.read(min(2**16, LINGER_MAX_BYTES - discarded))
+            if not chunk:
+                break
+            discarded += len(chunk)
+    except Exception as exc:  # a stalled or vanished client, a bad chunk: the answer goes out anyway
+        logger.info("stopped discarding a refused body after %d bytes: %r", discarded, exc)
+    return discarded
 
 
 def parse_request(request: Request, labels: Callable[[], Sequence[str]]) -> InferenceRequest:
