@@ -1,0 +1,142 @@
+"""The CPU inference runtime: a model converted to OpenVINO and compiled at a precision the user chose.
+
+Why OpenVINO (issue 18, measured side by side by `scripts/bench_runtimes.py`; the figures are in
+docs/benchmarks/serving.md): it converts a torch module directly (no `onnx`, whose protobuf
+conflicts with smdebug's in the training image), needs only numpy beside itself, and on CPUs
+with AVX-512 BF16, VNNI or AMX it runs bf16 and int8 kernels that TorchScript does not have.
+
+Precisions (`PRECISIONS`):
+- `fp32`: lossless. The compiled model is told `INFERENCE_PRECISION_HINT=f32` explicitly, since
+  OpenVINO otherwise runs bf16 on any CPU that has it (OpenVINO's CPU device documentation,
+  "Floating-point precision"): a lossy change nobody chose.
+- `bf16`: the fp32 model compiled with `INFERENCE_PRECISION_HINT=bf16`; emulated (slower, not
+  faster) on a CPU without bf16 instructions.
+- `int8`: post-training quantization with NNCF (`nncf.quantize`, its default preset: symmetric
+  int8 weights and activations) calibrated on images the caller gives, through the eval transforms.
+
+Lossy precisions are never the default: the caller names one, and the training job's evaluation
+report measures it on the test channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+LOSSLESS = "fp32"
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers NNCF left float run f32
+# OpenVINO's CPU OPTIMIZATION_CAPABILITIES that run each precision natively
+_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
+CALIBRATION_IMAGES = 300  # NNCF's default subset_size: images quantization statistics are taken on
+
+
+def _check(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def convert(model: torch.nn.Module, image_size: int):
+    """`model` (eval mode, CPU) as an OpenVINO model taking float32 (N, 3, image_size,
+    image_size) with any N and giving its logits (N, classes) float32.
+
+    The module goes through `torch.export` (batch dimension dynamic) and `ov.convert_model`;
+    no TorchScript, which PyTorch deprecated.
+
+    Raises:
+        RuntimeError: torch.export or OpenVINO could not convert the module (their message included).
+    """
+    import openvino as ov
+    from torch.export import Dim, export
+
+    model = model.train(False).to("cpu")
+    example = torch.zeros(2, 3, image_size, image_size)  # 2: torch.export specialises a dimension of 1
+    try:
+        with torch.no_grad():
+            program = export(model, (example,), dynamic_shapes=({0: Dim("batch")},))
+            return ov.convert_model(program)
+    except Exception as exc:
+        raise RuntimeError(f"the model could not be converted for OpenVINO: {type(exc).__name__}: {exc}") from exc
+
+
+def quantize(ov_model, calibration: Iterable[np.ndarray], images: int = CALIBRATION_IMAGES):
+    """The int8 model of `ov_model` (from `convert`), calibrated on `calibration`.
+
+    Args:
+        calibration: float32 batches (N, 3, H, W), preprocessed as the model's inputs are
+            (the eval transforms); at most `images` images are used.
+        images: how many images NNCF takes statistics on.
+
+    Raises:
+        ValueError: no calibration image.
+    """
+    import nncf
+
+    batches = []
+    seen = 0
+    for batch in calibration:
+        batches.append(np.ascontiguousarray(batch, dtype=np.float32))
+        seen += len(batch)
+        if seen >= images:
+            break
+    if not batches:
+        raise ValueError("int8 quantization needs calibration images; none were given")
+    return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches))
+
+
+def save(ov_model, path: Path) -> Path:
+    """Write `ov_model` to `path` (`.xml`, its weights beside it in `.bin`) with its weights as
+    they are: OpenVINO's `save_model` would otherwise compress float weights to fp16."""
+    import openvino as ov
+
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
+
+
+def capabilities() -> list[str]:
+    """The precisions this CPU runs natively, as OpenVINO reports them (e.g. `['BF16', 'FP32', 'INT8']`)."""
+    import openvino as ov
+
+    return sorted(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def native(precision: str) -> bool:
+    """Whether this CPU runs `precision` in hardware (else OpenVINO emulates it, slower)."""
+    return _CAPABILITY[_check(precision)] in capabilities()
+
+
+def compile_model(ov_model, precision: str = LOSSLESS, threads: int | None = None):
+    """`ov_model` (or the path of its `.xml`) compiled for the CPU at `precision`, the precision
+    hint always explicit; a warning when this CPU would emulate it.
+
+    Args:
+        ov_model: the fp32 model (`convert`) for fp32 and bf16; the quantized one for int8.
+        threads: inference threads (None: OpenVINO's choice, every core).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    import openvino as ov
+
+    if not native(_check(precision)):
+        logger.warning("this CPU has no %s instructions (it has %s): %s runs emulated, slower than fp32",
+                       precision, ", ".join(capabilities()), precision)
+    config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    model = core.read_model(str(ov_model)) if isinstance(ov_model, (str, Path)) else ov_model
+    return core.compile_model(model, "CPU", config)
+
+
+def infer(compiled, batch: np.ndarray) -> np.ndarray:
+    """The logits (N, classes) float32 of a float32 batch (N, 3, H, W) through `compiled`."""
+    request = compiled.create_infer_request()
+    return np.array(request.infer([np.ascontiguousarray(batch, dtype=np.float32)])[0], dtype=np.float32)
