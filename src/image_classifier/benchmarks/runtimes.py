@@ -22,7 +22,6 @@ import json
 import os
 import random
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from image_classifier import models, runtime
+from image_classifier.benchmarks import timings
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
 
@@ -67,15 +67,6 @@ def build_runtimes(model: torch.nn.Module, image_size: int, calibration: list[np
     }
 
 
-def _seconds_each(action: Callable[[], object], seconds: float, at_least: int = 3) -> list[float]:
-    times, deadline = [], time.perf_counter() + seconds
-    while len(times) < at_least or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def measure(forwards: dict[str, Forward], image_size: int, rounds: int, seconds: float) -> dict[str, dict]:
     """Per runtime: `batch1_p50_ms` and `batch16_images_per_second`, medians over `rounds` turns."""
     one = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)
@@ -85,8 +76,8 @@ def measure(forwards: dict[str, Forward], image_size: int, rounds: int, seconds:
     samples: dict[str, dict[str, list[float]]] = {name: {"p50": [], "rate": []} for name in forwards}
     for _ in range(rounds):
         for name, forward in forwards.items():
-            samples[name]["p50"].append(1000 * statistics.median(_seconds_each(lambda f=forward: f(one), seconds)))
-            rate = THROUGHPUT_BATCH / statistics.median(_seconds_each(lambda f=forward: f(many), seconds))
+            samples[name]["p50"].append(1000 * statistics.median(timings(lambda f=forward: f(one), seconds)))
+            rate = THROUGHPUT_BATCH / statistics.median(timings(lambda f=forward: f(many), seconds))
             samples[name]["rate"].append(rate)
     base = statistics.median(samples[BASELINE]["rate"])
     return {name: {"batch1_p50_ms": statistics.median(s["p50"]),

@@ -37,6 +37,7 @@ import numpy as np
 import requests
 
 from image_classifier import artifacts, local, models
+from image_classifier.benchmarks import timings
 from image_classifier.serving import attributes
 from image_classifier.transforms import resize_size
 
@@ -130,18 +131,9 @@ class Limit:
         figures = {}
         for batch in BATCH_SIZES:
             self.run(batch)
-            figures[batch] = batch / statistics.median(_repeat(lambda batch=batch: self.run(batch), seconds / 2))
+            figures[batch] = batch / statistics.median(timings(lambda batch=batch: self.run(batch), seconds / 2))
         best = max(figures, key=figures.get)
         return {"images_per_second": figures, "best_batch": best, "best_images_per_second": figures[best]}
-
-
-def _repeat(action, seconds: float, at_least: int = 5) -> list[float]:
-    times, deadline = [], time.perf_counter() + seconds
-    while len(times) < at_least or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def start_server(start: Callable[[], subprocess.Popen], port: int,
