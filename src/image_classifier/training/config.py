@@ -28,6 +28,7 @@ Scheduler = Annotated[Literal["cosine", "none"], BeforeValidator(parse_word)]
 Weighting = Annotated[Literal["none", "balanced"], BeforeValidator(parse_word)]
 Optimizer = Annotated[Literal["adam", "adamw", "sgd"], BeforeValidator(parse_word)]
 FeatureCache = Annotated[Literal["auto", "on", "off"], BeforeValidator(parse_word)]
+Export = Annotated[Literal["openvino", "none"], BeforeValidator(parse_word)]
 
 MODEL_ACCEPTS = (f"one of {', '.join(models.MODEL_NAMES)}, or {models.TIMM_PREFIX}<a timm model name> such as "
                  f"{models.TIMM_PREFIX}convnext_tiny.fb_in22k_ft_in1k")
@@ -92,6 +93,9 @@ class TrainConfig(BaseModel):
     feature_cache: FeatureCache = setting(
         "auto", "Backbone features computed once: `auto` (when freeze=backbone and augment=false), `on` (needs "
         "freeze=backbone) or `off`.")
+    export: Export = setting(
+        "openvino", "`openvino`: beside model.pth, the model in OpenVINO's format at fp32 and int8 (calibrated "
+        "on 300 train-channel images) under model/openvino/, for the server's precisions; `none`: not.")
     channels_last: Flag = setting(True, "NHWC memory format on a GPU (faster convolutions; ignored on the CPU).")
     compile: Flag = setting(False, "`torch.compile` the model (needs a C compiler in the image).")
     num_workers: Whole = setting(-1, "DataLoader worker processes; -1 = min(4, CPU cores).", unit="processes",

@@ -24,7 +24,7 @@ from image_classifier.debugging.debugger import Debugger
 from image_classifier.profiling.profiler import Profiler
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
 from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import data, distributed, evaluation, metrics
+from image_classifier.training import data, distributed, evaluation, export, metrics
 from image_classifier.training.checkpoints import Checkpointer, JobState
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.failure import TrainingInterrupted
@@ -106,7 +106,7 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         if test is not None:
             logger.info(metrics.format_metrics(test))
         spec = model_spec(config, class_names)
-        _save_model(env, spec, state.best_state)
+        _save_model(env, config, spec, state.best_state)
         metrics.write_metrics(env.output_data_dir, state, test)
         evaluation.write_report(env, spec, channel, loaders[channel], predictions, state.best_state, device)
         return metrics.final(state, test)
@@ -229,12 +229,15 @@ def model_spec(config: TrainConfig, class_names: list[str]) -> artifacts.ModelSp
         dropout=config.dropout, head_hidden=list(config.hidden_sizes), head_activation=config.head_activation)
 
 
-def _save_model(env: SageMakerEnv, spec: artifacts.ModelSpec, state_dict: dict) -> None:
-    """The model artifacts (`artifacts.save_model`) in the model dir (rank 0 only: one writer under DDP)."""
+def _save_model(env: SageMakerEnv, config: TrainConfig, spec: artifacts.ModelSpec, state_dict: dict) -> None:
+    """The model artifacts (`artifacts.save_model`) in the model dir, then with export=openvino the
+    serving runtime's files (`export.export_for_job`); rank 0 only: one writer under DDP."""
     if not distributed.is_main():  # ddp: one writer
         return
     artifacts.save_model(env.model_dir, state_dict, spec)
     logger.info("model artifacts written to %s", env.model_dir)
+    if config.export == "openvino":
+        export.export_for_job(env.model_dir, data.resolve_channels(env.channel_dir)[data.TRAIN], spec, state_dict)
 
 
 def _train_module(trainable: nn.Module, config: TrainConfig) -> nn.Module:
