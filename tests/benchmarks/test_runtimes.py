@@ -1,18 +1,28 @@
 """scripts/bench_runtimes.py: every runtime measured in one run, ratios to TorchScript, agreement on photos."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from image_classifier.benchmarks import runtimes
 from tests.conftest import write_digit_tree
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_one_run_measures_every_runtime_and_their_agreement(tmp_path):
+    """As a user runs it: the script, in its own process (OpenVINO stays out of pytest's: tests/isolated.py)."""
     data = write_digit_tree(tmp_path / "data", 3, {"test": 12}, size=32)
     out = tmp_path / "figures.json"
-    assert runtimes.main(["--model", "resnet18", "--image-size", "32", "--classes", "3", "--images", str(data),
-                          "--eval", "8", "--rounds", "1", "--seconds", "0.05", "--json", str(out)]) == 0
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_runtimes.py"), "--model", "resnet18", "--image-size", "32",
+         "--classes", "3", "--images", str(data), "--eval", "8", "--rounds", "1", "--seconds", "0.05",
+         "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "openvino int8" in result.stdout and "top-1 agreement" in result.stdout
     figures = json.loads(out.read_text())
     names = ["eager fp32", "torchscript fp32", "openvino fp32", "openvino bf16", "openvino int8"]
     assert list(figures["speed"]) == names == list(figures["agreement"])
