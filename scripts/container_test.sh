@@ -75,6 +75,10 @@ curl -fsS "http://localhost:$port/ping" >/dev/null || fail "/ping never answered
 [ -s local/opt_ml/model/model.pth ] && [ -s local/opt_ml/model/model_config.json ] \
   || fail "the training container wrote no model artifacts"
 [ ! -e local/opt_ml/output/failure ] || fail "training wrote a failure: $(cat local/opt_ml/output/failure)"
+# export=openvino (the default): the training image converts and quantizes the model
+for f in model.xml model.bin model-int8.xml model-int8.bin; do
+  [ -s "local/opt_ml/model/openvino/$f" ] || fail "the training container wrote no openvino/$f"
+done
 [ -s local/opt_ml/output/data/evaluation/index.html ] && [ -s local/opt_ml/output/data/evaluation/metrics.json ] \
   || fail "the training container wrote no evaluation report"
 
