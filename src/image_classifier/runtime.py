@@ -35,6 +35,16 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the la
 # OpenVINO's CPU OPTIMIZATION_CAPABILITIES that run each precision natively
 _CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
 CALIBRATION_IMAGES = 300  # NNCF's default subset_size: images quantization statistics are taken on
+# The files the training job writes under the model artifacts (training/export.py) and the server
+# reads: <model dir>/EXPORT_DIR/FILES[precision]; bf16 compiles the fp32 file with the bf16 hint.
+EXPORT_DIR = "openvino"
+FILES = {"fp32": "model.xml", "bf16": "model.xml", "int8": "model-int8.xml"}
+
+
+def model_file(model_dir: Path, precision: str) -> Path:
+    """Where the training job put the OpenVINO model for `precision` under `model_dir` (it may
+    not exist: models made before the export, or with `export=none`)."""
+    return model_dir / EXPORT_DIR / FILES[_check(precision)]
 
 
 def _check(precision: str) -> str:

@@ -29,8 +29,7 @@ from image_classifier.transforms import eval_transform
 
 logger = logging.getLogger(__name__)
 
-EXPORT_DIR = "openvino"
-FILES = {"fp32": "model.xml", "int8": "model-int8.xml"}  # per precision that needs its own file
+EXPORT_DIR, FILES = runtime.EXPORT_DIR, runtime.FILES
 CALIBRATION_BATCH = 16
 
 
