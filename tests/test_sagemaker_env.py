@@ -209,7 +209,7 @@ def test_sm_hps_must_be_a_json_object(tmp_path, env):
     (sm.MAX_PAYLOAD_ENV, "inf", "a number > 0"),
     (sm.BIND_TO_PORT_ENV, "70000", "a whole number in [1, 65535]"),
     (sm.MAX_BATCH_ENV, "0", "a whole number >= 1"),
-    (sm.TORCHSCRIPT_ENV, "maybe", "true or false"),
+    (sm.PRECISION_ENV, "fp16", "one of fp32, bf16, int8"),
     (sm.MAX_IMAGE_PIXELS_ENV, "lots", "a whole number >= 1"),
 ])
 def test_invalid_server_setting_names_the_variable_the_value_and_what_it_accepts(name, value, accepts):

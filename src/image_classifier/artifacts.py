@@ -110,6 +110,16 @@ def save_model(model_dir: Path, state_dict: dict[str, torch.Tensor], spec: Model
     atomic_write_bytes(model_dir / CONFIG_FILE, spec.to_json().encode())
 
 
+def load_spec(model_dir: Path) -> ModelSpec:
+    """The `model_config.json` `save_model` wrote.
+
+    Raises:
+        FileNotFoundError: it is missing.
+        ValueError: it is not a ModelSpec.
+    """
+    return ModelSpec.from_json((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
 def load_model(model_dir: Path) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     """Read the artifacts `save_model` wrote (`torch.load(weights_only=True)`).
 
@@ -117,6 +127,6 @@ def load_model(model_dir: Path) -> tuple[dict[str, torch.Tensor], ModelSpec]:
         FileNotFoundError: either file is missing.
         ValueError: the config is not a ModelSpec.
     """
-    spec = ModelSpec.from_json((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    spec = load_spec(model_dir)
     state_dict = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     return state_dict, spec

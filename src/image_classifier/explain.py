@@ -54,8 +54,6 @@ def target_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def _check_gradcam_arguments(model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError("Grad-CAM needs the eager nn.Module: a TorchScript module runs no forward hooks")
     if model.training:
         raise ValueError("the model is in training mode: call model.eval() first (dropout and batch "
                          "statistics would change the heat-map)")

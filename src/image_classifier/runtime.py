@@ -23,13 +23,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by `convert` only: the server's settings read PRECISIONS cheaply
+    import torch
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8")
+Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = Precision.__args__
 LOSSLESS = "fp32"
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers NNCF left float run f32
 # OpenVINO's CPU OPTIMIZATION_CAPABILITIES that run each precision natively
@@ -64,6 +68,7 @@ def convert(model: torch.nn.Module, image_size: int):
         RuntimeError: torch.export or OpenVINO could not convert the module (their message included).
     """
     import openvino as ov
+    import torch
     from torch.export import Dim, export
 
     model = model.train(False).to("cpu")
@@ -110,6 +115,28 @@ def save(ov_model, path: Path) -> Path:
     return path
 
 
+# /proc/cpuinfo flags that decide what bf16 and int8 run on (Intel's and AMD's names, as Linux spells
+# them): AMX (Sapphire Rapids and later: c7i, m7i, r7i), AVX-512 BF16 and VNNI (Cooper Lake, Zen 4),
+# AVX-VNNI (Alder Lake), AVX-512 and AVX2 (every current SageMaker CPU instance: m5 has no VNNI).
+CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of CPU_FLAGS this CPU has, in CPU_FLAGS's order (empty where /proc/cpuinfo is unreadable: not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return [flag for flag in CPU_FLAGS if flag in flags]
+
+
+def describe_cpu() -> str:
+    """One line for the logs: the instruction sets bf16 and int8 depend on, and what OpenVINO runs natively."""
+    return (f"CPU instruction sets: {' '.join(cpu_flags()) or 'none of ' + ' '.join(CPU_FLAGS)}; "
+            f"OpenVINO runs natively: {' '.join(capabilities())}")
+
+
 def capabilities() -> list[str]:
     """The precisions this CPU runs natively, as OpenVINO reports them (e.g. `['BF16', 'FP32', 'INT8']`)."""
     import openvino as ov
@@ -147,6 +174,8 @@ def compile_model(ov_model, precision: str = LOSSLESS, threads: int | None = Non
 
 
 def infer(compiled, batch: np.ndarray) -> np.ndarray:
-    """The logits (N, classes) float32 of a float32 batch (N, 3, H, W) through `compiled`."""
-    request = compiled.create_infer_request()
+    """The logits (N, classes) float32 of a float32 batch (N, 3, H, W) through `compiled` (a
+    compiled model, or one of its infer requests: reused, it saves making one per call; one
+    request serves one thread at a time). The logits are a copy: the request reuses its output."""
+    request = compiled.create_infer_request() if hasattr(compiled, "create_infer_request") else compiled
     return np.array(request.infer([np.ascontiguousarray(batch, dtype=np.float32)])[0], dtype=np.float32)

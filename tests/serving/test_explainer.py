@@ -222,7 +222,7 @@ def test_the_overlay_is_de_normalised_with_the_models_own_statistics(model_dir):
     spec = replace(spec, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     model = spec.create_model()
     model.load_state_dict(state_dict)
-    explainer = Explainer(Predictor(model, spec), Batcher(lambda batch: None))
+    explainer = Explainer(Predictor.from_model(model, spec), Batcher(lambda batch: None))
     array = random_batch(None, side=SIDE, seed=4)
     _, (explanation,) = explainer.explain(Inputs(array=array[None]))
     blue = np.round(np.asarray(matplotlib.colormaps["jet"](0.0)[:3]) * 255)  # a 1x1 feature map: no heat

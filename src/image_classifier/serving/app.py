@@ -98,7 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Config keys: MODEL_DIR (the model artifacts), MAX_CONTENT_LENGTH (bytes), MAX_IMAGE_PIXELS
     (pixels, None = Pillow's), WORKERS and THREADS (for /execution-parameters), LOAD_IN_BACKGROUND,
-    TORCHSCRIPT (serve the model optimised with TorchScript), LOAD_WAIT (seconds a request
+    PRECISION (fp32, bf16 or int8: `runtime.PRECISIONS`), LOAD_WAIT (seconds a request
     waits for a model still loading before its 503; default half the worker timeout),
     MAX_BATCH (images in one batched forward pass).
     Defaults come from the SageMaker environment.
@@ -110,10 +110,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MODEL_DIR=env.model_dir, MAX_CONTENT_LENGTH=server.max_payload_bytes,
         MAX_IMAGE_PIXELS=server.max_image_pixels, WORKERS=server.model_server_workers,
         THREADS=server.model_server_threads, LOAD_IN_BACKGROUND=True,
-        TORCHSCRIPT=server.torchscript, LOAD_WAIT=server.model_server_timeout / 2, MAX_BATCH=server.max_batch)
+        PRECISION=server.precision, LOAD_WAIT=server.model_server_timeout / 2, MAX_BATCH=server.max_batch)
     app.config.update(config or {})
     app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],
-                                                  app.config["TORCHSCRIPT"], app.config["MAX_BATCH"])
+                                                  app.config["PRECISION"], app.config["MAX_BATCH"])
     app.register_blueprint(bp)
     app.register_error_handler(InferenceError, _inference_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)

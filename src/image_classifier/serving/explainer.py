@@ -37,8 +37,8 @@ class _Attribution:
 class Explainer:
     """Grad-CAM explanations of the predictor's model, drawn over each image as the model saw it.
 
-    The heat-map is computed on the predictor's eager model (`Predictor.model`, which it keeps
-    even when it serves TorchScript: a scripted module runs no hooks). Captum's hooks sit on that
+    The heat-map is computed on the predictor's eager model (`Predictor.model`, made on the first
+    explanation: the served OpenVINO model has no hooks or gradients). Captum's hooks sit on that
     model only during a task in the batcher's thread, where the forward passes of plain requests
     also run, one after the other: they never see them.
 
@@ -58,8 +58,8 @@ class Explainer:
         batch = self.predictor.preprocess(image)
         probabilities = self.predictor.probabilities(batch)[0]
         target = int(np.argmax(probabilities)) if class_id is None else class_id
-        heatmap = explain.gradcam(self.predictor.model, self.layer, batch, torch.tensor([target]))
-        return _Attribution(probabilities, batch[0].numpy(), target, heatmap[0].numpy())
+        heatmap = explain.gradcam(self.predictor.model, self.layer, torch.from_numpy(batch), torch.tensor([target]))
+        return _Attribution(probabilities, batch[0], target, heatmap[0].numpy())
 
     def _render(self, attribution: _Attribution) -> Explanation:
         spec = self.predictor.spec

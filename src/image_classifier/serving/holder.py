@@ -32,14 +32,14 @@ class PredictorHolder:
     Args:
         model_dir: the model artifacts.
         background: load in a thread (the server); False loads before returning.
-        torchscript: serve the model through TorchScript (`predictor.optimize`).
+        precision: fp32, bf16 or int8 (`runtime.PRECISIONS`): what the forward pass runs at.
         max_batch: most images in one batched forward pass (`batcher.Batcher`).
         run_dir: what the server's workers share (`shared.RunDir`); default the server's.
     """
 
-    def __init__(self, model_dir: Path, background: bool = True, torchscript: bool = False, max_batch: int = 16,
+    def __init__(self, model_dir: Path, background: bool = True, precision: str = "fp32", max_batch: int = 16,
                  run_dir: RunDir | None = None):
-        self.model_dir, self.torchscript, self.max_batch = model_dir, torchscript, max_batch
+        self.model_dir, self.precision, self.max_batch = model_dir, precision, max_batch
         self.run_dir = run_dir or RunDir()
         self._predictor = None
         self.batcher = None  # the worker's Batcher, once the model is loaded: use `predict`
@@ -57,26 +57,27 @@ class PredictorHolder:
             import numpy as np
             import torch
 
+            from image_classifier import runtime
             from image_classifier.serving.batcher import Batcher
             from image_classifier.serving.codec import Inputs
             from image_classifier.serving.predictor import Predictor
 
             threads = os.environ.get("OMP_NUM_THREADS")  # set per worker by gunicorn_config.post_fork
             if threads:
-                torch.set_num_threads(int(threads))
+                torch.set_num_threads(int(threads))  # torch runs explanations only
+            logger.info("%s", runtime.describe_cpu())
             lock = self.run_dir.lock()
             # At start, workers load one at a time on all the cores, so the first is ready sooner;
             # a worker replacing a dead one loads beside the others, which go on serving.
             with lock.held() if not self.run_dir.ready else contextlib.nullcontext():
-                predictor = Predictor.load(self.model_dir, self.torchscript)
+                predictor = Predictor.load(self.model_dir, self.precision, int(threads) if threads else None)
                 size = predictor.spec.image_size
-                for _ in range(3):  # warm-up: TorchScript's profiling executor optimises over the first runs
-                    predictor.predict(Inputs(array=np.zeros((1, 3, size, size), np.float32)))
+                for batch in (1, self.max_batch):  # warm-up: OpenVINO prepares kernels per input shape
+                    predictor.predict(Inputs(array=np.zeros((batch, 3, size, size), np.float32)))
             self.batcher = Batcher(predictor.probabilities, predictor.preprocess, self.max_batch, lock)
             self.run_dir.mark_ready()
             self._predictor = predictor
-            logger.info("model %s loaded from %s (%d torch threads)", predictor.spec.arch, self.model_dir,
-                        torch.get_num_threads())
+            logger.info("model %s loaded from %s at %s", predictor.spec.arch, self.model_dir, predictor.precision)
         except Exception as exc:  # reported by /ping and /invocations; the worker stays up
             self.error = f"{type(exc).__name__}: {exc}"
             logger.exception("model failed to load from %s", self.model_dir)
