@@ -95,7 +95,7 @@ def expected(model_dir) -> dict[str, np.ndarray]:
     """The valid kinds' probabilities from the model in this process, one request at a time."""
     from image_classifier.serving import codec
 
-    predictor = Predictor.load(model_dir, torchscript=True)
+    predictor = Predictor.load(model_dir)
     return {name: predictor.predict(codec.decode(body, content_type, None))
             for name, (body, content_type) in VALID.items()}
 

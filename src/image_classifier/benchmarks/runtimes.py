@@ -2,8 +2,9 @@
 
 For one registry model at one image size (default resnet50 at 224 px, random weights):
 
-- eager PyTorch fp32; TorchScript frozen fp32 (`serving.predictor.optimize`, the server's path
-  before issue 18); OpenVINO fp32, bf16 and int8 (`runtime`);
+- eager PyTorch fp32; TorchScript frozen fp32 (the server's path before issue 18, kept outside the
+  package in scripts/torchscript_reference.py, which `scripts/bench_runtimes.py` hands in); OpenVINO
+  fp32, bf16 and int8 (`runtime`);
 - each measured in turns, `--rounds` times, so that this machine's drift (tens of percent over
   minutes) falls on all alike: the p50 milliseconds of one forward pass at batch 1, and images/s
   at batch 16; then each one's ratio to TorchScript fp32;
@@ -34,6 +35,7 @@ from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
 
 Forward = Callable[[np.ndarray], np.ndarray]  # float32 (N, 3, H, W) -> logits (N, classes)
+Optimize = Callable[[torch.nn.Module, int], torch.nn.Module]  # (model, image size) → TorchScript module
 BASELINE = "torchscript fp32"
 THROUGHPUT_BATCH = 16
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -51,16 +53,17 @@ def _openvino_forward(compiled) -> Forward:
     return lambda batch: np.array(request.infer([batch])[0], dtype=np.float32)
 
 
-def build_runtimes(model: torch.nn.Module, image_size: int, calibration: list[np.ndarray]) -> dict[str, Forward]:
-    """Every runtime's forward pass of `model`, by name; int8 calibrated on `calibration` batches."""
-    from image_classifier.serving.predictor import optimize  # TorchScript: the baseline only
-
+def build_runtimes(model: torch.nn.Module, image_size: int, calibration: list[np.ndarray],
+                   torchscript: Optimize | None = None) -> dict[str, Forward]:
+    """Every runtime's forward pass of `model`, by name; int8 calibrated on `calibration` batches;
+    BASELINE where `torchscript` (scripts/torchscript_reference.optimize) is given."""
     model = model.train(False)
     converted = runtime.convert(model, image_size)
     quantized = runtime.quantize(converted, calibration)
+    reference = {BASELINE: _torch_forward(torchscript(model, image_size))} if torchscript else {}
     return {
         "eager fp32": _torch_forward(model),
-        BASELINE: _torch_forward(optimize(model, image_size)),
+        **reference,
         "openvino fp32": _openvino_forward(runtime.compile_model(converted, "fp32")),
         "openvino bf16": _openvino_forward(runtime.compile_model(converted, "bf16")),
         "openvino int8": _openvino_forward(runtime.compile_model(quantized, "int8")),
@@ -79,7 +82,7 @@ def measure(forwards: dict[str, Forward], image_size: int, rounds: int, seconds:
             samples[name]["p50"].append(1000 * statistics.median(timings(lambda f=forward: f(one), seconds)))
             rate = THROUGHPUT_BATCH / statistics.median(timings(lambda f=forward: f(many), seconds))
             samples[name]["rate"].append(rate)
-    base = statistics.median(samples[BASELINE]["rate"])
+    base = statistics.median(samples[BASELINE if BASELINE in samples else "eager fp32"]["rate"])
     return {name: {"batch1_p50_ms": statistics.median(s["p50"]),
                    "batch16_images_per_second": statistics.median(s["rate"]),
                    "vs_torchscript": statistics.median(s["rate"]) / base} for name, s in samples.items()}
@@ -144,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, torchscript: Optimize | None = None) -> int:
+    """The benchmark; `torchscript` (scripts/torchscript_reference.optimize) adds the BASELINE row,
+    else the ratios are to eager fp32."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration = [rng.standard_normal((THROUGHPUT_BATCH, 3, args.image_size, args.image_size), dtype=np.float32)
                        for _ in range(4)]
         evaluation = None
-    forwards = build_runtimes(model, args.image_size, calibration)
+    forwards = build_runtimes(model, args.image_size, calibration, torchscript)
     print(f"{args.model} at {args.image_size} px, {args.threads} thread(s); CPU: {', '.join(runtime.capabilities())}")
     agreed = agreement(forwards, evaluation) if evaluation is not None and len(evaluation) else None
     speed = measure(forwards, args.image_size, args.rounds, args.seconds)

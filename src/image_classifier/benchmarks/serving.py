@@ -3,20 +3,30 @@
 For each model (resnet50 and resnet18 at 224 px, random weights, 133 classes) and one real
 photo (scikit-learn's china.jpg, 427x640 JPEG):
 
-- this project's server (`python -m image_classifier.serve`, its defaults, then each
-  `--variant`): seconds from start to the first 200 on /ping, p50/p99 latency at concurrency
-  1, and images/s at concurrency 1, 2, 4 and 8 (load from `benchmarks.load`, a separate process);
-- the limit, in this process on all the cores the servers get, measured beside each server
-  (this machine's speed drifts by tens of percent over minutes): decode + preprocess + forward
-  at batch 1, one pass in turn with each of the server's requests at concurrency 1 (p50), and
-  the best images/s at batch 1, 2, 4, 8 or 16 just before the server's load;
+- this project's server (`python -m image_classifier.serve`) at each precision (fp32, its
+  default, then bf16 and int8: `MODEL_SERVER_PRECISION`), then each `--variant`, then the server
+  before issue 18 (TorchScript fp32, `torchscript`: the project's server with the forward pass of
+  scripts/torchscript_reference.py, which `scripts/bench_serving.py` hands in): seconds from
+  start to the first 200 on /ping, p50/p99 latency at concurrency 1, and images/s at
+  concurrency 1, 2, 4 and 8 (load from `benchmarks.load`, a separate process);
+- each server's own limit, in this process on all the cores the servers get, measured beside
+  it (this machine's speed drifts by tens of percent over minutes): decode + preprocess +
+  forward through that server's runtime and precision at batch 1, one pass in turn with each of
+  the server's requests at concurrency 1 (p50), and the best images/s at batch 1, 2, 4, 8 or 16
+  just before the server's load;
 - a baseline written the way the usual project writes it: Flask + gunicorn, one sync worker
   per core, PyTorch's default threads in each, the eager model, PIL decode;
 - what an explanation adds (the server with its defaults): p50/p99 at concurrency 1 of the
   photo with `explain=gradcam` and without, in turns, and their ratio (`--explain-only`: this
   alone, quickly);
 
-then a table, and JSON with the headline ratios server/limit and server/baseline.
+then a table, and JSON with the headline ratios server/limit, server/baseline and, per
+precision, best images/s over the TorchScript server's; and the serving image's size where a
+container engine has it.
+
+The models have random weights (seeded); the training job's OpenVINO files are written for them
+as the job writes them (`training.export`), int8 calibrated on the real photos scikit-learn and
+scikit-image ship (random weights: the figures are speed, not accuracy).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +49,7 @@ import requests
 
 from image_classifier import artifacts, local, models
 from image_classifier.benchmarks import timings
+from image_classifier.sagemaker_env import BIND_TO_PORT_ENV, PRECISION_ENV, SageMakerEnv
 from image_classifier.serving import attributes
 from image_classifier.transforms import resize_size
 
@@ -82,9 +94,35 @@ def invocations():
 '''
 
 
+def calibration_photos(spec: artifacts.ModelSpec) -> list[np.ndarray]:
+    """The photos scikit-learn and scikit-image ship, each whole and mirrored, through `spec`'s
+    eval transforms: float32 batches (N, 3, H, W) for int8 calibration."""
+    import sklearn.datasets
+    from PIL import Image, ImageOps
+
+    from image_classifier.images import open_image
+    from image_classifier.transforms import eval_transform
+
+    images = [Image.fromarray(array) for array in sklearn.datasets.load_sample_images().images]
+    try:
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        images += [open_image(path) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
+                   if (path := folder / name).exists()]
+    except ImportError:
+        pass
+    transform = eval_transform(spec.image_size, spec.mean, spec.std)
+    tensors = [transform(view).numpy() for image in images for view in (image, ImageOps.mirror(image))]
+    return [np.stack(tensors)]
+
+
 def write_model(arch: str, base_dir: Path) -> Path:
-    """Model artifacts of `arch` with random weights (seeded) under `base_dir/model`."""
+    """Model artifacts of `arch` with random weights (seeded) under `base_dir/model`, with the
+    OpenVINO files the training job writes (`training.export.export`)."""
     import torch
+
+    from image_classifier.training.export import export
 
     torch.manual_seed(0)
     model = models.create_model(arch, NUM_CLASSES)
@@ -94,21 +132,16 @@ def write_model(arch: str, base_dir: Path) -> Path:
                                resize_size=resize_size(IMAGE_SIZE), mean=list(models.data_config(arch).mean),
                                std=list(models.data_config(arch).std))
     artifacts.save_model(base_dir / "model", model.state_dict(), spec)
+    export(base_dir / "model", spec, model.state_dict(), calibration_photos(spec))
     return base_dir / "model"
 
 
 class Limit:
-    """The model's own limit in this process, on all the cores the servers get: decode +
-    preprocess + forward of the payload (the server's model: `Predictor`, its TorchScript setting)."""
+    """A server's own limit in this process, on all the cores the servers get: decode +
+    preprocess + forward of the payload through the server's `Predictor` (its runtime and precision)."""
 
-    def __init__(self, model_dir: Path, payload: bytes):
-        import torch
-
-        from image_classifier.sagemaker_env import SageMakerEnv
-        from image_classifier.serving.predictor import Predictor
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        self.predictor = Predictor.load(model_dir, SageMakerEnv.from_environ().server.torchscript)
+    def __init__(self, predictor, payload: bytes):
+        self.predictor = predictor
         self.payload = payload
         for _ in range(3):
             self.run(1)
@@ -278,66 +311,138 @@ def benchmark_explanations(arch: str, workdir: Path, payload_path: Path, seconds
         stop_server(server)
 
 
-def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float, count: int,
-                    variants: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """Limit, this server (one run per variant: name → extra environment; the first is the
-    headline) and the baseline for `arch`."""
-    variants = variants or {"server": {}}
-    base_dir = workdir / arch
-    model_dir = write_model(arch, base_dir)
-    limit = Limit(model_dir, payload_path.read_bytes())
-    result: dict[str, Any] = {"servers": list(variants)}
+PRECISION_TARGETS = {"fp32": 1.25, "bf16": 2.0, "int8": 4.0}  # best img/s over TorchScript's (issue 18)
+REFERENCE = "torchscript"
 
-    for name, extra_env in variants.items():
+
+@dataclass(frozen=True)
+class Reference:
+    """The server before issue 18, kept outside the package (scripts/torchscript_reference.py):
+    gunicorn's `app` importable from `folder`, and `load_predictor(model_dir)` for its limit."""
+
+    folder: Path
+    app: str
+    load_predictor: Callable[[Path], Any]
+
+
+def default_variants() -> dict[str, dict[str, str]]:
+    """The server at each precision: name → its environment on top of this process's (fp32 first: the default)."""
+    return {precision: ({} if precision == "fp32" else {PRECISION_ENV: precision}) for precision in PRECISION_TARGETS}
+
+
+def _reference_server(reference: Reference, base_dir: Path, port: int) -> Callable[[], subprocess.Popen]:
+    """A `start` for `start_server`: the project's gunicorn config with the reference's app."""
+    environ = local.child_environ(base_dir, {BIND_TO_PORT_ENV: str(port), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(reference.folder), os.environ.get("PYTHONPATH")]))})
+    return lambda: subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "python:image_classifier.serving.gunicorn_config",
+         reference.app], env=environ, cwd=reference.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def _measure_servers(arch: str, base_dir: Path, model_dir: Path, payload_path: Path, seconds: float, count: int,
+                     variants: dict[str, dict[str, str]], reference: Reference | None) -> dict[str, Any]:
+    """Each variant of this project's server, then the reference, each beside its own limit."""
+    from image_classifier.serving.predictor import Predictor
+
+    result: dict[str, Any] = {"servers": [*variants, *([REFERENCE] if reference else [])]}
+    for name in result["servers"]:
         port = local.free_port()
-        result[name] = {"env": extra_env, **serve_and_measure(
-            _project_server(base_dir, port, extra_env), port, payload_path, seconds, count, limit,
-            explain=name == result["servers"][0])}
+        if name == REFERENCE:
+            env, start = {}, _reference_server(reference, base_dir, port)
+            predictor = reference.load_predictor(model_dir)
+        else:
+            env, start = variants[name], _project_server(base_dir, port, variants[name])
+            precision = SageMakerEnv.from_environ({**os.environ, **env}).server.precision
+            predictor = Predictor.load(model_dir, precision, os.cpu_count())
+        limit = Limit(predictor, payload_path.read_bytes())
+        result[name] = {"env": env, **serve_and_measure(start, port, payload_path, seconds, count, limit,
+                                                        explain=name == result["servers"][0])}
         print(f"{arch}: {name} measured (first 200 on /ping after {result[name]['startup_seconds']:.1f} s)",
               flush=True)
+    return result
+
+
+def benchmark_model(arch: str, workdir: Path, payload_path: Path, seconds: float, count: int,
+                    variants: dict[str, dict[str, str]] | None = None,
+                    reference: Reference | None = None) -> dict[str, Any]:
+    """This server (one run per variant: name → extra environment; the first is the headline;
+    default one per precision), the reference (TorchScript) and the baseline for `arch`, each
+    beside its own limit."""
+    variants = variants or default_variants()
+    base_dir = workdir / arch
+    model_dir = write_model(arch, base_dir)
+    result = _measure_servers(arch, base_dir, model_dir, payload_path, seconds, count, variants, reference)
+
+    from image_classifier.serving.predictor import Predictor
 
     port = local.free_port()
     result["baseline"] = serve_and_measure(_baseline_server(workdir, model_dir, port), port, payload_path, seconds,
-                                           count, limit)
+                                           count, Limit(Predictor.load(model_dir), payload_path.read_bytes()))
     print(f"{arch}: baseline measured", flush=True)
 
     base = result["baseline"]
-    for name in (*variants, "baseline"):
+    for name in (*result["servers"], "baseline"):
         server = result[name]
         server["ratios"] = {
             "p50_over_limit_p50": server["p50_ms"] / server["limit_p50_ms"],
             "best_over_limit_best": server["best_images_per_second"] / server["limit"]["best_images_per_second"],
             "best_over_baseline_best": server["best_images_per_second"] / base["best_images_per_second"],
         }
+        if reference:
+            server["ratios"]["best_over_torchscript_best"] = (server["best_images_per_second"] /
+                                                              result[REFERENCE]["best_images_per_second"])
     result["ratios"] = result[result["servers"][0]]["ratios"]  # the headline: the first server
     return result
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """Per model, one row per server with its ratios to the limit measured beside it."""
+    """Per model, one row per server with its ratios to its own limit measured beside it, to the
+    baseline and to the TorchScript server; then each server's figures against the issue's targets."""
     rows = []
     for arch, r in results.items():
         rows.append(f"== {arch} at {IMAGE_SIZE} px, {os.cpu_count()} cores; limit = in-process decode + "
-                    f"preprocess + forward, measured beside each server")
-        rows.append(f"{'':<10} {'start s':>8} {'p50 ms':>7} {'p99 ms':>7} " +
+                    f"preprocess + forward through the server's runtime and precision, measured beside each server")
+        rows.append(f"{'':<12} {'start s':>8} {'p50 ms':>7} {'p99 ms':>7} " +
                     " ".join(f"{'c=' + str(c) + ' img/s':>11}" for c in CONCURRENCY) +
                     f" {'best img/s':>10} | {'limit p50':>9} {'limit best':>10} | "
-                    f"{'p50/limit':>9} {'best/limit':>10} {'best/baseline':>13}")
+                    f"{'p50/limit':>9} {'best/limit':>10} {'best/baseline':>13} {'best/torchscript':>16}")
         for name in (*r["servers"], "baseline"):
             f, ratios = r[name], r[name]["ratios"]
-            rows.append(f"{name:<10} {f['startup_seconds']:8.1f} {f['p50_ms']:7.1f} {f['p99_ms']:7.1f} " +
+            versus = ratios.get("best_over_torchscript_best")
+            rows.append(f"{name:<12} {f['startup_seconds']:8.1f} {f['p50_ms']:7.1f} {f['p99_ms']:7.1f} " +
                         " ".join(f"{f['images_per_second'][c]:11.2f}" for c in CONCURRENCY) +
                         f" {f['best_images_per_second']:10.2f} | {f['limit_p50_ms']:9.1f} "
                         f"{f['limit']['best_images_per_second']:10.2f} | {ratios['p50_over_limit_p50']:9.2f} "
-                        f"{ratios['best_over_limit_best']:10.2f} {ratios['best_over_baseline_best']:13.2f}" +
+                        f"{ratios['best_over_limit_best']:10.2f} {ratios['best_over_baseline_best']:13.2f} "
+                        f"{'' if versus is None else f'{versus:.2f}':>16}" +
                         (f"  errors {f['errors']}" if f["errors"] else ""))
-        ratios = r["ratios"]
-        rows.append(f"{r['servers'][0]}: p50 / limit p50 = {ratios['p50_over_limit_p50']:.2f} (target <= 1.10); "
-                    f"best / limit best = {ratios['best_over_limit_best']:.2f} (target >= 0.90); "
-                    f"best / baseline best = {ratios['best_over_baseline_best']:.2f} (target >= 1.5); "
-                    f"first 200 on /ping after {r[r['servers'][0]]['startup_seconds']:.1f} s (target < 5)")
+        for name in r["servers"]:
+            if name == REFERENCE:
+                continue
+            ratios, target = r[name]["ratios"], PRECISION_TARGETS.get(name)
+            versus = ratios.get("best_over_torchscript_best")
+            rows.append(f"{name}: p50 / limit p50 = {ratios['p50_over_limit_p50']:.2f} (target <= 1.10); "
+                        f"best / limit best = {ratios['best_over_limit_best']:.2f} (target >= 0.90)" +
+                        ("" if versus is None else f"; best / torchscript best = {versus:.2f}" +
+                         ("" if target is None else f" (target >= {target})")) +
+                        f"; first 200 on /ping after {r[name]['startup_seconds']:.1f} s (target < 5)")
         rows.append(format_explanations(arch, r[r["servers"][0]]["explain"]))
     return "\n".join(rows)
+
+
+def image_size_bytes(image: str) -> int | None:
+    """The size of container image `image` in bytes as docker or podman reports it; None where
+    neither has it (not built on this machine)."""
+    import shutil
+
+    for engine in ("docker", "podman"):
+        if shutil.which(engine):
+            done = subprocess.run([engine, "image", "inspect", "--format", "{{.Size}}", image],
+                                  capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.strip().isdigit():
+                return int(done.stdout.strip())
+    return None
 
 
 def format_explanations(arch: str, figures: dict[str, Any]) -> str:
@@ -354,20 +459,26 @@ def format_explanations(arch: str, figures: dict[str, Any]) -> str:
         f"{figures['first_explanation_ms']:.0f} ms"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reference: Reference | None = None) -> int:
+    """The benchmark; `reference` (scripts/torchscript_reference.py, handed in by
+    scripts/bench_serving.py) adds the TorchScript server and the ratios to it."""
     parser = argparse.ArgumentParser(prog="bench_serving.py", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=models.MODEL_NAMES)
     parser.add_argument("--seconds", type=float, default=10.0, help="wall time per measurement at most")
     parser.add_argument("--count", type=int, default=400, help="requests per concurrency level at most")
     parser.add_argument("--json", type=Path, default=Path("bench_serving.json"), help="where the figures go")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISION_TARGETS), choices=list(PRECISION_TARGETS),
+                        help="the server at each of these (MODEL_SERVER_PRECISION); the first is the headline")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="also run the server with this environment, side by side (repeatable), e.g. "
-                             "eager:MODEL_SERVER_TORCHSCRIPT=false; the headline stays the server with its defaults")
+                             "one-worker:MODEL_SERVER_WORKERS=1")
+    parser.add_argument("--image", default="image-classifier-serve:latest",
+                        help="the serving image whose size is reported, where docker or podman has it")
     parser.add_argument("--explain-only", action="store_true",
                         help="measure only what an explanation adds (explain=gradcam against plain requests), "
                              "e.g. --models resnet18 --count 30: about a minute")
     args = parser.parse_args(argv)
-    variants = {"server": {}}
+    variants = {name: default_variants()[name] for name in args.precisions}
     for spec in args.variant:
         name, _, pairs = spec.partition(":")
         variants[name] = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
@@ -379,12 +490,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.explain_only:
                 results[arch] = benchmark_explanations(arch, Path(tmp), sample_photo(), args.seconds, args.count)
             else:
-                results[arch] = benchmark_model(arch, Path(tmp), sample_photo(), args.seconds, args.count, variants)
+                results[arch] = benchmark_model(arch, Path(tmp), sample_photo(), args.seconds, args.count, variants,
+                                                reference)
     if args.explain_only:
         print("\n".join(format_explanations(arch, r["explain"]) for arch, r in results.items()))
     else:
         print(format_table(results))
-    args.json.write_text(json.dumps({"cpus": os.cpu_count(), "image_size": IMAGE_SIZE, "results": results},
-                                    indent=2, default=str))
+    size = image_size_bytes(args.image)
+    print(f"serving image {args.image}: " + (f"{size / 1e9:.2f} GB" if size else "not built here"))
+    args.json.write_text(json.dumps({"cpus": os.cpu_count(), "image_size": IMAGE_SIZE, "serving_image_bytes": size,
+                                     "results": results}, indent=2, default=str))
     print(f"figures written to {args.json}")
     return 0

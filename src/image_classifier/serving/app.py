@@ -100,7 +100,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     (pixels, None = Pillow's), WORKERS and THREADS (for /execution-parameters), LOAD_IN_BACKGROUND,
     PRECISION (fp32, bf16 or int8: `runtime.PRECISIONS`), LOAD_WAIT (seconds a request
     waits for a model still loading before its 503; default half the worker timeout),
-    MAX_BATCH (images in one batched forward pass).
+    MAX_BATCH (images in one batched forward pass), PREDICTOR_LOADER (`PredictorHolder`'s `loader`;
+    default `Predictor.load`).
     Defaults come from the SageMaker environment.
     """
     env = SageMakerEnv.from_environ()
@@ -113,7 +114,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         PRECISION=server.precision, LOAD_WAIT=server.model_server_timeout / 2, MAX_BATCH=server.max_batch)
     app.config.update(config or {})
     app.extensions["predictor"] = PredictorHolder(Path(app.config["MODEL_DIR"]), app.config["LOAD_IN_BACKGROUND"],
-                                                  app.config["PRECISION"], app.config["MAX_BATCH"])
+                                                  app.config["PRECISION"], app.config["MAX_BATCH"],
+                                                  loader=app.config.get("PREDICTOR_LOADER"))
     app.register_blueprint(bp)
     app.register_error_handler(InferenceError, _inference_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,11 +35,13 @@ class PredictorHolder:
         precision: fp32, bf16 or int8 (`runtime.PRECISIONS`): what the forward pass runs at.
         max_batch: most images in one batched forward pass (`batcher.Batcher`).
         run_dir: what the server's workers share (`shared.RunDir`); default the server's.
+        loader: (model_dir, precision, threads) → the `Predictor`; default `Predictor.load`. The
+            benchmarks' reference server (scripts/torchscript_reference.py) gives its own.
     """
 
     def __init__(self, model_dir: Path, background: bool = True, precision: str = "fp32", max_batch: int = 16,
-                 run_dir: RunDir | None = None):
-        self.model_dir, self.precision, self.max_batch = model_dir, precision, max_batch
+                 run_dir: RunDir | None = None, loader: Callable[[Path, str, int | None], Predictor] | None = None):
+        self.model_dir, self.precision, self.max_batch, self.loader = model_dir, precision, max_batch, loader
         self.run_dir = run_dir or RunDir()
         self._predictor = None
         self.batcher = None  # the worker's Batcher, once the model is loaded: use `predict`
@@ -70,7 +72,8 @@ class PredictorHolder:
             # At start, workers load one at a time on all the cores, so the first is ready sooner;
             # a worker replacing a dead one loads beside the others, which go on serving.
             with lock.held() if not self.run_dir.ready else contextlib.nullcontext():
-                predictor = Predictor.load(self.model_dir, self.precision, int(threads) if threads else None)
+                predictor = (self.loader or Predictor.load)(self.model_dir, self.precision,
+                                                            int(threads) if threads else None)
                 size = predictor.spec.image_size
                 for batch in (1, self.max_batch):  # warm-up: OpenVINO prepares kernels per input shape
                     predictor.predict(Inputs(array=np.zeros((batch, 3, size, size), np.float32)))
