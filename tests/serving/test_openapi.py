@@ -1,10 +1,9 @@
 """The description and the server agree: schemathesis `--checks all` against serving/openapi.yaml on a live server.
 
 Every check schemathesis has (no 5xx; statuses, content types, headers and bodies as documented;
-valid requests answered and invalid ones refused; 405 with Allow for other methods; a missing
-header) over its examples, coverage and fuzzing phases, with the settings and hooks of
-tests/serving/schemathesis.toml: one seed, 20 examples an operation and phase (about 100
-requests), 30 s a request, WALL_SECONDS for the whole run.
+valid requests answered and invalid ones refused; 405 with Allow for other methods) over its
+examples, coverage and fuzzing phases, with the settings and hooks of tests/serving/schemathesis.toml
+(the seed, the examples and the seconds a request), and WALL_SECONDS for the whole run.
 """
 
 from __future__ import annotations
