@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 
 from image_classifier.serving import attributes
 from image_classifier.serving.attributes import Attributes
@@ -81,3 +83,12 @@ def test_the_header_is_spelled_once_and_costs_no_heavy_import():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.stdout.strip() == "[]"
+
+
+def test_the_description_s_example_is_valid_for_any_model():
+    """openapi.yaml's example header holds for a model of one class too (schemathesis sends it as valid)."""
+    description = yaml.safe_load(resources.files("image_classifier.serving").joinpath("openapi.yaml").read_text())
+    header, = [parameter for parameter in description["paths"]["/invocations"]["post"]["parameters"]
+               if parameter["name"] == attributes.HEADER]
+    for labels in (["only"], LABELS):
+        assert attributes.parse(header["schema"]["example"], labels) == Attributes(min(3, len(labels)), "gradcam", 0)

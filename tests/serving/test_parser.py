@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 
 import pytest
+import yaml
 from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -17,6 +19,8 @@ LABELS = ["zero", "one", "two"]
 
 @pytest.mark.parametrize("header, explaining, expected", [
     (None, False, "application/json"),
+    ("", False, "application/json"),    # an empty Accept: JSON, as none (openapi.yaml, RFC 9110 §12.5.1)
+    ("", True, "application/json"),
     ("  ", True, "application/json"),
     ("*/*", False, "application/json"),
     ("*/*", True, "application/json"),
@@ -45,6 +49,25 @@ def test_negotiate_accept_refuses(header, explaining, message):
     with pytest.raises(UnsupportedAcceptError) as info:
         parser.negotiate_accept(header, explaining)
     assert info.value.status_code == 406 and info.value.message == message
+
+
+def test_every_accept_the_description_lists_is_answered():
+    """openapi.yaml's Accept values: each one answered with or without explanations, as it says."""
+    description = yaml.safe_load(resources.files("image_classifier.serving").joinpath("openapi.yaml").read_text())
+    accept, = [parameter for parameter in description["paths"]["/invocations"]["post"]["parameters"]
+               if parameter["name"] == "Accept"]
+    answered = {value: [explaining for explaining in (False, True) if _answers(value, explaining)]
+                for value in accept["schema"]["enum"]}
+    assert answered == {"application/json": [False, True], "*/*": [False, True], "": [False, True],
+                        "application/x-npy": [False], "image/png": [True]}
+
+
+def _answers(header: str, explaining: bool) -> bool:
+    try:
+        parser.negotiate_accept(header, explaining)
+    except UnsupportedAcceptError:
+        return False
+    return True
 
 
 def _parse(headers: dict[str, str], body: bytes = b"body", labels=lambda: LABELS, limit: int | None = None):

@@ -60,7 +60,9 @@ def negotiate_accept(header: str | None, explaining: bool = False) -> str:
     """The answer's content type for an Accept header: the best of `codec.answer_types(explaining)`.
 
     A missing or blank header, or `*/*`, means JSON; media-type parameters
-    (`application/json; charset=utf-8`) are ignored, as in Content-Type.
+    (`application/json; charset=utf-8`) are ignored, as in Content-Type. A blank header lists no
+    type at all: RFC 9110 §12.5.1 lets a server disregard an Accept it cannot honour rather than
+    answer 406, and this one answers it as it answers a request without Accept (openapi.yaml says so).
 
     Args:
         header: the Accept header as sent.
