@@ -53,3 +53,10 @@ def test_no_function_in_src_is_over_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
     assert long == [], "\n".join(long)
+
+
+def test_no_torchscript_in_src():
+    """PyTorch deprecated TorchScript; the server runs OpenVINO (issue 18). The benchmarks' reference
+    keeps it outside the package, in scripts/torchscript_reference.py."""
+    users = [str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if "torch.jit" in path.read_text()]
+    assert users == []

@@ -51,3 +51,23 @@ def test_eval_transform_is_a_center_crop():
 @pytest.mark.parametrize("image_size, expected", [(224, 256), (32, 37), (64, 73), (299, 342), (384, 439)])
 def test_resize_size(image_size, expected):
     assert resize_size(image_size) == expected
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 96, 224])
+def test_center_view_is_torchvisions_resize_and_center_crop(image_size):
+    """The server's view (Pillow alone) is torchvision's Resize then CenterCrop, pixel for pixel,
+    on portrait, landscape, square, odd and already-sized images."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from image_classifier.images import center_view, resize_size
+
+    rng = np.random.default_rng(image_size)
+    reference = T.Compose([T.Resize(resize_size(image_size)), T.CenterCrop(image_size)])
+    sizes = [(640, 427), (427, 640), (300, 300), (301, 199), (199, 301), (resize_size(image_size), 500),
+             (image_size, image_size), (1000, resize_size(image_size) + 1), (17, 33)]
+    for size in sizes:
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        expected = reference(image)
+        assert center_view(image, image_size).size == expected.size == (image_size, image_size)
+        np.testing.assert_array_equal(np.asarray(center_view(image, image_size)), np.asarray(expected))

@@ -1,4 +1,8 @@
-"""Model artifacts: the weights and the one JSON config that serving needs, written atomically."""
+"""Model artifacts: the weights and the one JSON config that serving needs, written atomically.
+
+torch and the model registry are imported by the functions that need them: the server reads
+`model_config.json` (`load_spec`) and predicts without torch.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ import re
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from image_classifier import models
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS_FILE = "model.pth"          # the state_dict of ModelSpec.create_model()
 CONFIG_FILE = "model_config.json"   # a ModelSpec
@@ -52,6 +55,8 @@ class ModelSpec:
         Raises:
             ValueError: the spec names no registry model or head.
         """
+        from image_classifier import models
+
         return models.create_model(self.arch, self.num_classes, self.dropout, head_hidden=self.head_hidden,
                                    head_activation=self.head_activation)
 
@@ -89,6 +94,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` through `atomic_write_bytes`: never a half-written file."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -96,6 +103,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 (hex) of a state_dict's names, dtypes, shapes and bytes, in key order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
@@ -128,5 +137,7 @@ def load_model(model_dir: Path) -> tuple[dict[str, torch.Tensor], ModelSpec]:
         ValueError: the config is not a ModelSpec.
     """
     spec = load_spec(model_dir)
+    import torch
+
     state_dict = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     return state_dict, spec

@@ -100,7 +100,6 @@ def gradcam(model: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor)
         float32 (N, H, W) heat-maps in [0, 1], on the inputs' device, without a graph.
 
     Raises:
-        TypeError: `model` is a TorchScript module (it runs no hooks).
         ValueError: the model is in training mode; `inputs` or `targets` are of the wrong
             shape or dtype; a target is not a class of the model.
     """

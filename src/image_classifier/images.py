@@ -1,4 +1,5 @@
-"""Image decoding shared by training and serving: EXIF orientation, RGB, the decompression-bomb limit.
+"""Image decoding and the evaluation view shared by training and serving: EXIF orientation, RGB,
+the decompression-bomb limit, the resize and center crop.
 
 Pillow only (no torch), so the model server can import it before the model loads.
 """
@@ -68,3 +69,32 @@ def open_image(source: str | Path | bytes | BinaryIO, max_pixels: int | None = N
                 # 16-bit grayscale → 8-bit; via "I": Pillow's point() refuses big-endian I;16B
                 img = img.convert("I").point(lambda v: v / 256).convert("L")
             return img.convert("RGB")
+
+
+# Resize to image_size / 0.875 before the center crop: 256 → 224, as torchvision's ImageNet
+# evaluation (and the pytorch/examples imagenet script) does.
+CROP_RATIO = 0.875
+
+
+def resize_size(image_size: int) -> int:
+    """The shorter-side resize before the center crop, in pixels (256 for 224)."""
+    return round(image_size / CROP_RATIO)
+
+
+def center_view(image: Image.Image, image_size: int) -> Image.Image:
+    """What the model sees of `image` at evaluation: its shorter side resized to
+    `resize_size(image_size)` (bilinear, with Pillow's antialiasing), then the center
+    `image_size` x `image_size` square, in pixels.
+
+    torchvision's `Resize(resize_size(image_size))` then `CenterCrop(image_size)` on a PIL image,
+    computed as they compute it (the longer side truncated, the crop's offsets rounded), in Pillow
+    alone so that the server predicts without torch; tests/test_transforms.py compares the two.
+    """
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size(image_size), int(resize_size(image_size) * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = round((size[0] - image_size) / 2.0), round((size[1] - image_size) / 2.0)
+    return image.crop((left, top, left + image_size, top + image_size))

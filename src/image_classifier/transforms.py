@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 from torchvision import transforms as T
+
+from image_classifier.images import CROP_RATIO, center_view, resize_size
 
 # torchvision's ImageNet statistics (the normalisation its pretrained weights expect).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Resize to image_size / 0.875 before the center crop: 256 → 224, as torchvision's
-# ImageNet evaluation (and the pytorch/examples imagenet script) does.
-CROP_RATIO = 0.875
-
-
-def resize_size(image_size: int) -> int:
-    """The shorter-side resize before the center crop, in pixels (256 for 224)."""
-    return round(image_size / CROP_RATIO)
+__all__ = ["CROP_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "eval_transform", "eval_view", "network_input",
+           "resize_size", "train_transform"]
 
 
 def eval_view(image_size: int) -> T.Compose:
-    """PIL image → the PIL image the model sees at evaluation: Resize, CenterCrop (image_size square)."""
-    return T.Compose([T.Resize(resize_size(image_size)), T.CenterCrop(image_size)])
+    """PIL image → the PIL image the model sees at evaluation: resize, center crop (an image_size
+    square): `images.center_view`, the server's too."""
+    return T.Compose([functools.partial(center_view, image_size=image_size)])
 
 
 def network_input(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:

@@ -1,7 +1,9 @@
 """Loads the model in a worker's background thread, so `/ping` answers at once while it loads.
 
-This module imports neither torch nor the model code at import time: a worker can take
-connections (and answer 503) within a second of starting, before torch is imported.
+This module imports neither OpenVINO nor the model code at import time: a worker can take
+connections (and answer 503) within a second of starting. Predictions need no torch at all
+(serving/predictor.py): a worker imports it on its first explanation (torch reads the worker's
+OMP_NUM_THREADS then).
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ class PredictorHolder:
     def _load(self) -> None:
         try:
             import numpy as np
-            import torch
 
             from image_classifier import runtime
             from image_classifier.serving.batcher import Batcher
@@ -65,8 +66,6 @@ class PredictorHolder:
             from image_classifier.serving.predictor import Predictor
 
             threads = os.environ.get("OMP_NUM_THREADS")  # set per worker by gunicorn_config.post_fork
-            if threads:
-                torch.set_num_threads(int(threads))  # torch runs explanations only
             logger.info("%s", runtime.describe_cpu())
             lock = self.run_dir.lock()
             # At start, workers load one at a time on all the cores, so the first is ready sooner;

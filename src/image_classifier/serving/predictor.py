@@ -5,6 +5,9 @@ The training job writes the OpenVINO files beside model.pth (`export=openvino`, 
 training/export.py). A model without them (made before the export existed, or with `export=none`)
 is converted from model.pth when the worker loads it, with a log line saying so; its int8 needs
 calibration images the server does not have, so it is refused with the fix in the message.
+
+Predictions need no torch (OpenVINO, numpy, Pillow): torch is imported for an explanation (the
+eager model) or to convert a model without the exported files, and not before.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from image_classifier import artifacts, runtime
+from image_classifier.images import center_view
 from image_classifier.serving.codec import Inputs
-from image_classifier.transforms import eval_view
+
+if TYPE_CHECKING:  # imported where needed: a worker predicts without torch
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +98,6 @@ class Predictor:
         self._eager, self._model, self._model_lock = eager, None, threading.Lock()
         self.mean = np.array(spec.mean, np.float32)[:, None, None]
         self.std = np.array(spec.std, np.float32)[:, None, None]
-        self.view = eval_view(spec.image_size)
 
     @classmethod
     def load(cls, model_dir: Path, precision: str = runtime.LOSSLESS, threads: int | None = None) -> Predictor:
@@ -123,11 +128,12 @@ class Predictor:
 
     def preprocess(self, inputs: Inputs) -> np.ndarray:
         """The network's input (N, 3, H, W) float32: images resized and center-cropped
-        (`transforms.eval_view`), scaled to [0, 1] and normalised by the model's mean and std as
+        (`images.center_view`), scaled to [0, 1] and normalised by the model's mean and std as
         one array (`transforms.network_input`'s arithmetic), or an npy array as it is."""
         if inputs.images is None:
             return np.ascontiguousarray(inputs.array, dtype=np.float32)
-        pixels = np.stack([np.asarray(self.view(image), dtype=np.uint8) for image in inputs.images])
+        size = self.spec.image_size
+        pixels = np.stack([np.asarray(center_view(image, size), dtype=np.uint8) for image in inputs.images])
         batch = pixels.transpose(0, 3, 1, 2).astype(np.float32)
         batch /= 255
         batch -= self.mean
