@@ -76,7 +76,23 @@ def model_dir(tmp_path_factory) -> Path:
                                labels=list(DIGIT_NAMES), image_size=32, resize_size=resize_size(32),
                                mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
     artifacts.save_model(directory, model.state_dict(), spec)
+    export_openvino(directory, write_digit_tree(tmp_path_factory.mktemp("calibration"), 10, {"train": 4}, 32) / "train")
     return directory
+
+
+def export_openvino(model_dir: Path, train_dir: Path) -> None:
+    """The OpenVINO files a training job writes beside the artifacts (fp32, and int8 calibrated on
+    `train_dir`): `training.export`, in a process of its own (NNCF stays out of pytest's: tests/isolated.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from image_classifier import artifacts; "
+            "from image_classifier.training import export; m, t = map(Path, sys.argv[1:]); "
+            "state, spec = artifacts.load_model(m); "
+            "export.export(m, spec, state, export.calibration_batches(t, spec))")
+    done = subprocess.run([sys.executable, "-c", code, str(model_dir), str(train_dir)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

@@ -58,11 +58,12 @@ def test_the_description_is_valid_openapi():
     assert set(SPEC["paths"]) == {"/ping", "/invocations", "/execution-parameters"}
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def fuzz_server(request, model_dir, tmp_path_factory):
+    """The server at the default precision and at int8 (the training job's int8 file)."""
     base_dir = tmp_path_factory.mktemp("opt_ml_fuzz")
     shutil.copytree(model_dir, base_dir / "model")
-    process, url, log = start(base_dir, 2, SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
+    process, url, log = start(base_dir, 2, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", MODEL_SERVER_PRECISION=request.param)
     try:
         yield Server(url, process, log, wait_for_answer(url, process, log, want=200, workers=2))
     finally:

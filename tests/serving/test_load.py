@@ -90,12 +90,18 @@ VALID = {  # name → (body, content type); answered as probabilities (npy) to c
 }
 
 
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def precision(request) -> str:
+    """The server's MODEL_SERVER_PRECISION: the default, and int8 from the training job's file."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def expected(model_dir) -> dict[str, np.ndarray]:
-    """The valid kinds' probabilities from the model in this process, one request at a time."""
+def expected(model_dir, precision) -> dict[str, np.ndarray]:
+    """The valid kinds' probabilities from the model in this process at `precision`, one request at a time."""
     from image_classifier.serving import codec
 
-    predictor = Predictor.load(model_dir)
+    predictor = Predictor.load(model_dir, precision)
     return {name: predictor.predict(codec.decode(body, content_type, None))
             for name, (body, content_type) in VALID.items()}
 
@@ -172,8 +178,8 @@ def start_server(model_dir: Path, base_dir: Path, workers: int = WORKERS, **env)
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    server = start_server(model_dir, tmp_path_factory.mktemp("opt_ml_load"))
+def server(model_dir, precision, tmp_path_factory):
+    server = start_server(model_dir, tmp_path_factory.mktemp("opt_ml_load"), MODEL_SERVER_PRECISION=precision)
     try:
         yield server
     finally:
@@ -301,13 +307,13 @@ def test_sigterm_drains_requests_in_flight_and_exits_within_30_s(server, expecte
     assert server.process.returncode == 0, server.log_text()[-3000:]
 
 
-@pytest.mark.parametrize("workers", [WORKERS, 1])
-def test_sigkill_of_a_worker_under_load(model_dir, tmp_path, workers):
+@pytest.mark.parametrize("workers, precision", [(WORKERS, "fp32"), (1, "int8")])
+def test_sigkill_of_a_worker_under_load(model_dir, tmp_path, workers, precision):
     """Under load at concurrency 8 (a new connection per request), one worker is SIGKILLed:
     only requests it had in flight fail, `/ping` answers 200 all along, a new worker takes over.
     With one worker (the default), requests and pings wait in the listen queue for its
     replacement, which answers `/ping` at once and `/invocations` once its model is loaded."""
-    server = start_server(model_dir, tmp_path, workers)
+    server = start_server(model_dir, tmp_path, workers, MODEL_SERVER_PRECISION=precision)
     pings: list[tuple[float, float, str]] = []  # (start, end, status or exception name)
     finished: list[tuple[float, float, str]] = []  # (start, end, status or exception name)
     stopping = threading.Event()
