@@ -57,6 +57,6 @@ def test_no_function_in_src_is_over_80_lines():
 
 def test_no_torchscript_in_src():
     """PyTorch deprecated TorchScript; the server runs OpenVINO (issue 18). The benchmarks' reference
-    keeps it outside the package, in scripts/torchscript_reference.py."""
+    keeps it outside the package, in scripts/reference/torchscript_reference.py."""
     users = [str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if "torch.jit" in path.read_text()]
     assert users == []

@@ -3,7 +3,7 @@
 For one registry model at one image size (default resnet50 at 224 px, random weights):
 
 - eager PyTorch fp32; TorchScript frozen fp32 (the server's path before issue 18, kept outside the
-  package in scripts/torchscript_reference.py, which `scripts/bench_runtimes.py` hands in); OpenVINO
+  package in scripts/reference/torchscript_reference.py); OpenVINO
   fp32, bf16 and int8 (`runtime`);
 - each measured in turns, `--rounds` times, so that this machine's drift (tens of percent over
   minutes) falls on all alike: the p50 milliseconds of one forward pass at batch 1, and images/s
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from image_classifier import models, runtime
-from image_classifier.benchmarks import timings
+from image_classifier.benchmarks import timings, torchscript_reference
 from image_classifier.images import open_image
 from image_classifier.transforms import eval_transform
 
@@ -56,7 +56,7 @@ def _openvino_forward(compiled) -> Forward:
 def build_runtimes(model: torch.nn.Module, image_size: int, calibration: list[np.ndarray],
                    torchscript: Optimize | None = None) -> dict[str, Forward]:
     """Every runtime's forward pass of `model`, by name; int8 calibrated on `calibration` batches;
-    BASELINE where `torchscript` (scripts/torchscript_reference.optimize) is given."""
+    BASELINE where `torchscript` (scripts/reference/torchscript_reference.optimize) is given."""
     model = model.train(False)
     converted = runtime.convert(model, image_size)
     quantized = runtime.quantize(converted, calibration)
@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, torchscript: Optimize | None = None) -> int:
-    """The benchmark; `torchscript` (scripts/torchscript_reference.optimize) adds the BASELINE row,
-    else the ratios are to eager fp32."""
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; in a checkout of the repository, with the BASELINE row
+    (scripts/reference/torchscript_reference.py), else the ratios are to eager fp32."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None, torchscript: Optimize | None = None) -> 
         calibration = [rng.standard_normal((THROUGHPUT_BATCH, 3, args.image_size, args.image_size), dtype=np.float32)
                        for _ in range(4)]
         evaluation = None
-    forwards = build_runtimes(model, args.image_size, calibration, torchscript)
+    reference = torchscript_reference()
+    forwards = build_runtimes(model, args.image_size, calibration, reference.optimize if reference else None)
     print(f"{args.model} at {args.image_size} px, {args.threads} thread(s); CPU: {', '.join(runtime.capabilities())}")
     agreed = agreement(forwards, evaluation) if evaluation is not None and len(evaluation) else None
     speed = measure(forwards, args.image_size, args.rounds, args.seconds)

@@ -6,7 +6,7 @@ photo (scikit-learn's china.jpg, 427x640 JPEG):
 - this project's server (`python -m image_classifier.serve`) at each precision (fp32, its
   default, then bf16 and int8: `MODEL_SERVER_PRECISION`), then each `--variant`, then the server
   before issue 18 (TorchScript fp32, `torchscript`: the project's server with the forward pass of
-  scripts/torchscript_reference.py, which `scripts/bench_serving.py` hands in): seconds from
+  scripts/reference/torchscript_reference.py, in a checkout of the repository): seconds from
   start to the first 200 on /ping, p50/p99 latency at concurrency 1, and images/s at
   concurrency 1, 2, 4 and 8 (load from `benchmarks.load`, a separate process);
 - each server's own limit, in this process on all the cores the servers get, measured beside
@@ -48,7 +48,7 @@ import numpy as np
 import requests
 
 from image_classifier import artifacts, local, models
-from image_classifier.benchmarks import timings
+from image_classifier.benchmarks import REFERENCE_DIR, timings, torchscript_reference
 from image_classifier.sagemaker_env import BIND_TO_PORT_ENV, PRECISION_ENV, SageMakerEnv
 from image_classifier.serving import attributes
 from image_classifier.transforms import resize_size
@@ -315,9 +315,15 @@ PRECISION_TARGETS = {"fp32": 1.25, "bf16": 2.0, "int8": 4.0}  # best img/s over 
 REFERENCE = "torchscript"
 
 
+def reference() -> Reference | None:
+    """The TorchScript server from scripts/reference/ (`benchmarks.torchscript_reference`), or None."""
+    module = torchscript_reference()
+    return Reference(REFERENCE_DIR, module.APP, module.load_predictor) if module else None
+
+
 @dataclass(frozen=True)
 class Reference:
-    """The server before issue 18, kept outside the package (scripts/torchscript_reference.py):
+    """The server before issue 18, kept outside the package (scripts/reference/torchscript_reference.py):
     gunicorn's `app` importable from `folder`, and `load_predictor(model_dir)` for its limit."""
 
     folder: Path
@@ -459,9 +465,9 @@ def format_explanations(arch: str, figures: dict[str, Any]) -> str:
         f"{figures['first_explanation_ms']:.0f} ms"])
 
 
-def main(argv: list[str] | None = None, reference: Reference | None = None) -> int:
-    """The benchmark; `reference` (scripts/torchscript_reference.py, handed in by
-    scripts/bench_serving.py) adds the TorchScript server and the ratios to it."""
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; in a checkout of the repository, with the TorchScript server
+    (scripts/reference/torchscript_reference.py) and the ratios to it."""
     parser = argparse.ArgumentParser(prog="bench_serving.py", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=models.MODEL_NAMES)
     parser.add_argument("--seconds", type=float, default=10.0, help="wall time per measurement at most")
@@ -491,7 +497,7 @@ def main(argv: list[str] | None = None, reference: Reference | None = None) -> i
                 results[arch] = benchmark_explanations(arch, Path(tmp), sample_photo(), args.seconds, args.count)
             else:
                 results[arch] = benchmark_model(arch, Path(tmp), sample_photo(), args.seconds, args.count, variants,
-                                                reference)
+                                                reference())
     if args.explain_only:
         print("\n".join(format_explanations(arch, r["explain"]) for arch, r in results.items()))
     else:

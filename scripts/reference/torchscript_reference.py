@@ -4,7 +4,8 @@ TorchScript, frozen and optimised for inference, fp32.
 PyTorch deprecated TorchScript (torch 2.15 warns on `torch.jit.script`); the server now runs
 OpenVINO (`image_classifier.runtime`). `scripts/bench_serving.py` runs this as its `torchscript`
 server (the project's server with this forward pass: `create_app`) and `scripts/bench_runtimes.py`
-as its `torchscript fp32` row, each beside the new runtime in the same run.
+as its `torchscript fp32` row, each beside the new runtime in the same run
+(`image_classifier.benchmarks.torchscript_reference` imports it).
 """
 
 from __future__ import annotations
