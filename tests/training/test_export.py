@@ -62,7 +62,11 @@ def job_writes_fp32_and_int8(env):
         reference = model.train(False)(torch.from_numpy(images)).numpy()
     fp32 = runtime.infer(runtime.compile_model(folder / export.FILES["fp32"], "fp32"), images)
     np.testing.assert_allclose(fp32, reference, rtol=1e-4, atol=1e-5)
-    assert any(op.get_type_name() == "FakeQuantize" for op in read_model(folder / export.FILES["int8"]).get_ops())
+    int8_model = read_model(folder / export.FILES["int8"])
+    assert any(op.get_type_name() == "FakeQuantize" for op in int8_model.get_ops())
+    inputs = [op.input_value(0).get_node().get_type_name() for op in int8_model.get_ordered_ops()
+              if op.get_type_name() == "Convolution"]
+    assert inputs[0] == "Parameter" and "FakeQuantize" in inputs[1:]  # the first convolution reads the float image
     assert runtime.infer(runtime.compile_model(folder / export.FILES["int8"], "int8"), images).shape == reference.shape
     # the report's rows per precision, on the test channel's 24 images
     evaluation, page = report_of(env)
