@@ -101,3 +101,16 @@ def test_format_table_is_compact(classes, columns):
     assert len(lines) == 1 + -(-classes // columns)
     assert lines[0].count("prec") == columns and max(map(len, lines)) < 160
     assert "=" not in table  # nothing a metric regex could read
+
+
+def test_a_precision_row_is_the_report_s_figures_and_the_agreement_with_the_reference():
+    predicted = PROBABILITIES.argmax(axis=1)  # 0 0 1 1 1 0 0 2
+    reference = predicted.copy()
+    reference[[0, 3]] = 2  # the reference disagrees on 2 of the 8 images
+
+    row = metrics.precision_row(PROBABILITIES, TARGETS, reference, seconds=0.5, native=False)
+
+    assert (row["accuracy"], row["macro_f1"], row["ece"]) == pytest.approx((ACCURACY, MACRO_F1, ECE), abs=1e-6)
+    assert row["agreement"] == pytest.approx(6 / 8)
+    assert row["images_per_second"] == pytest.approx(16.0) and row["native"] is False
+    assert metrics.precision_row(PROBABILITIES, TARGETS, predicted, 1.0, True)["agreement"] == 1.0

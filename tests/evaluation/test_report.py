@@ -38,6 +38,7 @@ def test_the_report_folder(tmp_path):
             assert 300 <= png.width <= 2500 and 300 <= png.height <= 2500, (name, png.size)
         assert f'href="{name}.png"' in page and base64.b64encode(data).decode() in page, name
     assert "no test channel" not in page and "0.6349" in page  # the summary's macro F1
+    assert saved["precisions"] == {} and "Precisions of the exported model" not in page  # none measured
     assert not [p for p in tmp_path.iterdir() if p.name != "evaluation"]  # no staging folder left
 
 
@@ -121,3 +122,22 @@ def test_a_few_classes_are_in_class_order_with_numbers():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["zero", "one", "two"]
     assert "3 classes, class order)" in ax.get_title()
     assert sorted(t.get_text() for t in ax.texts) == ["0.33", "0.33", "0.50", "0.50", "0.67", "0.67"]
+
+
+def test_the_precisions_rows_are_in_metrics_json_and_a_table_of_the_page(tmp_path):
+    row = {"accuracy": 0.625, "macro_f1": 0.6349, "agreement": 1.0, "ece": 0.265, "images_per_second": 812.25,
+           "native": True}
+    precisions = {"fp32": row, "bf16": {**row, "native": False},
+                  "int8": {**row, "agreement": 0.875, "images_per_second": 2047.5}}
+    directory = tmp_path / "evaluation"
+
+    summary = report.write(directory, PROBABILITIES, TARGETS, CLASSES, "test", image_of, precisions=precisions)
+
+    saved = json.loads((directory / "metrics.json").read_text())
+    assert saved["precisions"] == summary["precisions"] == precisions
+    assert list(saved["precisions"]) == ["fp32", "bf16", "int8"]
+    page = (directory / "index.html").read_text()
+    table = page[page.index("Precisions of the exported model"):]
+    assert "<td>int8</td><td>0.6250</td><td>0.6349</td><td>0.8750</td><td>0.2650</td><td>2047.5</td><td>native" \
+        in table.replace("\n", "").replace(" ", "")
+    assert "<td>bf16</td>" in table and "emulated" in table

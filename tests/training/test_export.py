@@ -1,17 +1,22 @@
-"""export=openvino: the training job writes the serving runtime's files beside model.pth, whole or not at all.
+"""export=openvino: the training job writes the serving runtime's files beside model.pth, whole or not at all,
+and its evaluation report measures each precision of them.
 
 The jobs run in a fresh interpreter each (tests/isolated.py): OpenVINO stays out of pytest's process.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 
 from image_classifier import artifacts, runtime
+from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation import report as evaluation_report
 from image_classifier.training import export
 from image_classifier.training.config import TrainConfig
 from image_classifier.training.job import run
@@ -25,8 +30,26 @@ def read_model(path):
     return ov.Core().read_model(str(path))
 
 
+def log_of(name: str) -> list[str]:
+    """The messages (and exceptions) logger `name` will log, as they come."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(f"{record.getMessage()} {record.exc_info and record.exc_info[1]}")
+    logging.getLogger(name).addHandler(handler)
+    logging.getLogger(name).setLevel(logging.INFO)
+    return records
+
+
+def report_of(env) -> tuple[dict, str]:
+    """The evaluation report's metrics.json and page."""
+    folder = env.output_data_dir / REPORT_DIR
+    return (json.loads((folder / evaluation_report.METRICS_FILE).read_text()),
+            (folder / evaluation_report.REPORT_FILE).read_text())
+
+
 @isolated
 def job_writes_fp32_and_int8(env):
+    log = log_of("image_classifier.training.evaluation")
     run(env, TrainConfig(**{**TINY_JOB, "export": "openvino"}))
     folder = env.model_dir / export.EXPORT_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["model-int8.bin", "model-int8.xml", "model.bin", "model.xml"]
@@ -39,8 +62,24 @@ def job_writes_fp32_and_int8(env):
         reference = model.train(False)(torch.from_numpy(images)).numpy()
     fp32 = runtime.infer(runtime.compile_model(folder / export.FILES["fp32"], "fp32"), images)
     np.testing.assert_allclose(fp32, reference, rtol=1e-4, atol=1e-5)
-    assert any(op.get_type_name() == "FakeQuantize" for op in read_model(folder / export.FILES["int8"]).get_ops())
+    int8_model = read_model(folder / export.FILES["int8"])
+    assert any(op.get_type_name() == "FakeQuantize" for op in int8_model.get_ops())
+    inputs = [op.input_value(0).get_node().get_type_name() for op in int8_model.get_ordered_ops()
+              if op.get_type_name() == "Convolution"]
+    assert inputs[0] == "Parameter" and "FakeQuantize" in inputs[1:]  # the first convolution reads the float image
     assert runtime.infer(runtime.compile_model(folder / export.FILES["int8"], "int8"), images).shape == reference.shape
+    # the report's rows per precision, on the test channel's 24 images
+    evaluation, page = report_of(env)
+    rows = evaluation["precisions"]
+    assert list(rows) == ["fp32", "bf16", "int8"]
+    for name, row in rows.items():
+        assert 0 <= min(row["accuracy"], row["macro_f1"], row["ece"]) <= max(row["accuracy"], row["macro_f1"]) <= 1
+        assert 0 < row["agreement"] <= 1 and row["images_per_second"] > 0 and row["native"] == runtime.native(name)
+        assert any(f"precision {name} on the test channel, 24 images: top-1 {row['accuracy']:.4f}" in r for r in log)
+    assert rows["fp32"]["agreement"] == 1.0  # with itself
+    assert rows["fp32"]["accuracy"] == pytest.approx(evaluation["accuracy"])  # lossless: the eager model's top-1
+    assert rows["int8"]["ece"] != rows["fp32"]["ece"]  # another model: its probabilities differ
+    assert "Precisions of the exported model" in page and "<td>int8</td>" in page
 
 
 def test_the_job_writes_fp32_and_int8_files_and_fp32_is_the_model(opt_ml):
@@ -68,11 +107,35 @@ def test_a_failed_export_leaves_no_folder_and_does_not_fail_the_job(opt_ml):
     failed_export(opt_ml())
 
 
-def test_export_none_writes_nothing(opt_ml):
+def test_export_none_writes_nothing_and_the_report_has_no_precisions(opt_ml):
     env = opt_ml()
     run(env, TrainConfig(**{**TINY_JOB, "export": "none"}))
     assert not (env.model_dir / export.EXPORT_DIR).exists()
     assert (env.model_dir / artifacts.WEIGHTS_FILE).is_file()
+    evaluation, page = report_of(env)
+    assert evaluation["precisions"] == {} and "Precisions of the exported model" not in page
+
+
+@isolated
+def failed_measurement(env):
+    log = log_of("image_classifier.training.evaluation")
+
+    def no_plugin(*args, **kwargs):
+        raise RuntimeError("no CPU plugin")
+
+    with mock.patch.object(runtime, "compile_model", no_plugin):
+        metrics = run(env, TrainConfig(**{**TINY_JOB, "export": "openvino"}))
+    assert "test_accuracy" in metrics
+    assert (env.model_dir / export.EXPORT_DIR / export.FILES["int8"]).is_file()  # the export is not undone
+    evaluation, page = report_of(env)
+    assert evaluation["precisions"] == {} and evaluation["images"] == 24  # the report, without the rows
+    assert "Precisions of the exported model" not in page
+    assert any("precisions could not be measured" in r and "no CPU plugin" in r for r in log), log
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_of_the_precisions_leaves_the_job_and_its_report(opt_ml):
+    failed_measurement(opt_ml())
 
 
 def test_calibration_is_a_seeded_draw_through_the_eval_transforms(opt_ml):

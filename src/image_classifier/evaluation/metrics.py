@@ -138,6 +138,30 @@ def summarize(probabilities: np.ndarray, targets: np.ndarray, class_names: list[
     }
 
 
+def precision_row(probabilities: np.ndarray, targets: np.ndarray, reference: np.ndarray, seconds: float,
+                  native: bool) -> dict[str, Any]:
+    """The figures of one precision of the exported model (`metrics.json`'s `precisions` rows).
+
+    Args:
+        probabilities: (N, C) float32 softmax outputs of the model at this precision.
+        targets: (N,) int64 true class ids.
+        reference: (N,) int64 top-1 class ids of the fp32 exported model, which the
+            `agreement` is measured against (fp32's own row: 1.0).
+        seconds: wall-clock seconds the model's forward passes over the N images took.
+        native: whether this CPU runs the precision in hardware (else emulated).
+
+    Returns:
+        `accuracy` (top-1, 0-1), `macro_f1`, `agreement` (the share of images whose top-1 is
+        fp32's), `ece` (as the report's, `CALIBRATION_BINS` bins), `images_per_second` and `native`.
+    """
+    predicted = probabilities.argmax(axis=1)
+    correct = predicted == targets
+    return {"accuracy": float(correct.mean()), "macro_f1": macro_f1(predicted, targets),
+            "agreement": float((predicted == reference).mean()),
+            "ece": expected_calibration_error(calibration_bins(probabilities.max(axis=1), correct)),
+            "images_per_second": len(targets) / seconds, "native": bool(native)}
+
+
 def format_table(summary: dict[str, Any], width: int = 24) -> str:
     """The per-class figures as text for the job's log: one column of classes, three past 30 classes.
 

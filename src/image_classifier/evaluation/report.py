@@ -28,7 +28,7 @@ PICTURES = ("reliability", "confusion_matrix", "predictions")  # each saved as <
 
 def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class_names: list[str], channel: str,
           image: Callable[[int], Image.Image], overlays: plots.Overlays | None = None,
-          top_k: int = metrics.TOP_K) -> dict[str, Any]:
+          top_k: int = metrics.TOP_K, precisions: dict[str, dict] | None = None) -> dict[str, Any]:
     """Write the report of the predictions into `directory`, replacing any report there.
 
     The files are written into a new folder beside it, which then takes its place: a failure
@@ -43,11 +43,15 @@ def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class
         overlays: what the grid draws instead of the plain images (e.g. Grad-CAM), and
             the caption's sentence about it; None: the plain images.
         top_k: k of the top-k accuracy (at most C).
+        precisions: the exported model's figures per precision (`metrics.precision_row`),
+            on the same images; metrics.json holds them under `precisions` ({} when None) and
+            the page shows a table of them when there are any.
 
     Returns:
-        the figures, as metrics.json holds them (`metrics.summarize`).
+        the figures, as metrics.json holds them (`metrics.summarize`, and `precisions`).
     """
-    summary = metrics.summarize(probabilities, targets, class_names, channel, top_k)
+    summary = {**metrics.summarize(probabilities, targets, class_names, channel, top_k),
+               "precisions": precisions or {}}
     staging = directory.with_name(f".{directory.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     staging.mkdir(parents=True)
     try:
@@ -82,6 +86,21 @@ def _replace(directory: Path, staging: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def _precisions(page: Page, summary: dict[str, Any]) -> None:
+    """The table of the exported model's precisions, a row each, and what its columns mean."""
+    page.heading("Precisions of the exported model")
+    page.table(["precision", "top-1 accuracy", "macro F1", "agreement with fp32", "ECE", "images/s", "on this CPU"],
+               [[name, f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}", f"{row['agreement']:.4f}",
+                 f"{row['ece']:.4f}", f"{row['images_per_second']:.1f}", "native" if row["native"] else "emulated"]
+                for name, row in summary["precisions"].items()])
+    page.text(f"The OpenVINO models the job exported, on the same {summary['images']} images: fp32 (lossless), "
+              f"bf16 (the fp32 model computed in bfloat16) and int8 (quantized by NNCF), the precisions the "
+              f"server offers (MODEL_SERVER_PRECISION). Agreement is the share of images whose top-1 class is the "
+              f"fp32 model's. Images/s: this job's machine, in-process (no HTTP), forward passes only, in batches "
+              f"of the server's default MODEL_SERVER_MAX_BATCH; 'emulated': this CPU lacks the precision's "
+              f"instructions, so it ran slower than it would on one that has them.")
+
+
 def _page(summary: dict[str, Any], probabilities: np.ndarray, targets: np.ndarray,
           image: Callable[[int], Image.Image], overlays: plots.Overlays | None) -> Page:
     labels = [row["label"] for row in summary["per_class"]]
@@ -98,6 +117,8 @@ def _page(summary: dict[str, Any], probabilities: np.ndarray, targets: np.ndarra
               f"ECE, the expected calibration error (Guo et al. 2017, arXiv:1706.04599), is the mean gap between "
               f"confidence and accuracy over {len(summary['calibration_bins'])} equal-width confidence bins, "
               f"weighted by the bins' images. All figures are in {METRICS_FILE}.")
+    if summary["precisions"]:
+        _precisions(page, summary)
 
     page.heading("Reliability")
     page.plot("reliability", plots.reliability_diagram(summary["calibration_bins"], summary["ece"]),

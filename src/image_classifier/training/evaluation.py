@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,16 +11,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from image_classifier import artifacts
+from image_classifier import artifacts, runtime
 from image_classifier.evaluation import REPORT_DIR, plots
 from image_classifier.evaluation import report as evaluation_report
-from image_classifier.evaluation.metrics import format_table, macro_f1
+from image_classifier.evaluation.metrics import format_table, macro_f1, precision_row
 from image_classifier.images import open_image
 from image_classifier.profiling.steps import NO_TIMER, NoTimer
-from image_classifier.sagemaker_env import SageMakerEnv
-from image_classifier.training import data, distributed
+from image_classifier.sagemaker_env import DEFAULT_MAX_BATCH, SageMakerEnv
+from image_classifier.training import data, distributed, export
 from image_classifier.training.loop import Outputs, evaluate
-from image_classifier.transforms import eval_view
+from image_classifier.transforms import eval_transform, eval_view
 
 if TYPE_CHECKING:  # smdebug is imported only when debugging is asked for
     from image_classifier.debugging.hook import DebugHook
@@ -123,14 +124,52 @@ def gradcam_overlays(spec: artifacts.ModelSpec, state_dict: dict, probabilities:
                                 "there is none.")
 
 
+def measure_precisions(folder: Path, spec: artifacts.ModelSpec, paths: list[str],
+                       targets: np.ndarray) -> dict[str, dict]:
+    """The report's rows per precision: each exported model in `folder` (`export.export`'s) over
+    the images `paths` (through the eval transforms, as the server's requests), in batches of
+    the server's default MODEL_SERVER_MAX_BATCH; `targets` (N,) int64 their class ids.
+
+    Returns:
+        per precision (fp32, bf16, int8), `metrics.precision_row`'s figures, `agreement` being
+        with the exported fp32 model's top-1.
+
+    Raises:
+        RuntimeError, OSError, ValueError: a model or an image could not be read, or no image.
+    """
+    transform = eval_transform(spec.image_size, spec.mean, spec.std)
+    batches = (np.stack([transform(open_image(path)).numpy() for path in paths[i:i + DEFAULT_MAX_BATCH]])
+               for i in range(0, len(paths), DEFAULT_MAX_BATCH))
+    outputs = export.predict_each(folder, batches)
+    reference = outputs[runtime.LOSSLESS][0].argmax(axis=1)
+    return {precision: precision_row(probabilities, targets, reference, seconds, runtime.native(precision))
+            for precision, (probabilities, seconds) in outputs.items()}
+
+
+def _precisions_or_none(exported: Path | None, spec: artifacts.ModelSpec, channel: str, paths: list[str],
+                        targets: np.ndarray) -> dict[str, dict]:
+    """`measure_precisions` of the exported models; {} without an export, or, with the reason
+    logged, when the measurement failed (the report goes on without its rows)."""
+    if exported is None:
+        return {}
+    try:
+        rows = measure_precisions(exported, spec, paths, targets)
+    except Exception:
+        logger.exception("the exported models' precisions could not be measured (the report goes on without them)")
+        return {}
+    return rows
+
+
 def write_report(env: SageMakerEnv, spec: artifacts.ModelSpec, channel: str, loader: DataLoader,
-                 predictions: Predictions, state_dict: dict, device: torch.device) -> None:
+                 predictions: Predictions, state_dict: dict, device: torch.device,
+                 exported: Path | None = None) -> None:
     """The evaluation report of the model (`spec`, `state_dict`) on `channel`, in output/data/evaluation
-    (rank 0), its grid with Grad-CAM overlays (`gradcam_overlays`).
+    (rank 0), its grid with Grad-CAM overlays (`gradcam_overlays`), and with `exported` (the
+    folder of `export.export`) a row per precision of the exported models (`measure_precisions`).
 
     `predictions`: the channel's (probabilities, targets, dataset indices) from `gathered`.
     A report that fails is logged, not raised: the model artifacts are written already, and
-    they are what the job is for.
+    they are what the job is for; so is a failed measurement of the precisions (no rows).
     """
     probabilities, targets, indices = predictions
     if not distributed.is_main():
@@ -138,9 +177,11 @@ def write_report(env: SageMakerEnv, spec: artifacts.ModelSpec, channel: str, loa
     directory = env.output_data_dir / REPORT_DIR
     try:
         paths, view = sample_paths(env, channel, loader, spec.class_names), eval_view(spec.image_size)
+        precisions = _precisions_or_none(exported, spec, channel, [paths[i] for i in indices], targets)
         overlays = gradcam_overlays(spec, state_dict, probabilities, device)
         summary = evaluation_report.write(directory, probabilities, targets, spec.class_names, channel,
-                                          lambda row: view(open_image(paths[indices[row]])), overlays)
+                                          lambda row: view(open_image(paths[indices[row]])), overlays,
+                                          precisions=precisions)
     except Exception:
         logger.exception("the evaluation report could not be written (the model artifacts were)")
         return
@@ -148,3 +189,9 @@ def write_report(env: SageMakerEnv, spec: artifacts.ModelSpec, channel: str, loa
                 "weighted F1 %.4f, ECE %.4f; report in %s\n%s", channel, summary["images"], summary["accuracy"],
                 summary["top_k"], summary["top_k_accuracy"], summary["macro_f1"], summary["weighted_f1"],
                 summary["ece"], directory, format_table(summary))
+    for precision, row in summary["precisions"].items():
+        logger.info("precision %s on the %s channel, %d images: top-1 %.4f, macro F1 %.4f, agreement with fp32 "
+                    "%.4f, ECE %.4f, %.1f images/s in-process (batches of %d, %s)", precision, channel,
+                    summary["images"], row["accuracy"], row["macro_f1"], row["agreement"], row["ece"],
+                    row["images_per_second"], DEFAULT_MAX_BATCH,
+                    "native" if row["native"] else "emulated: this CPU lacks its instructions")

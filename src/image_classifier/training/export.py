@@ -9,6 +9,9 @@ Under `<model dir>/openvino/`:
 The folder is written under a temporary name and renamed into place: a failed export leaves no
 half-written folder. A failure does not fail the job (its model artifacts are written already):
 the log says why.
+
+`predict_each` runs the three precisions over the evaluation report's images, for the report's
+rows per precision (training/evaluation.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import logging
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +94,36 @@ def export_for_job(model_dir: Path, train_dir: Path, spec: artifacts.ModelSpec,
         return None
     logger.info("OpenVINO model at fp32 and int8 written to %s", target)
     return target
+
+
+def predict_each(folder: Path, batches: Iterable[np.ndarray]) -> dict[str, tuple[np.ndarray, float]]:
+    """Each precision's predictions of the exported models in `folder` (`export`'s) over `batches`.
+
+    Args:
+        batches: float32 (n, 3, H, W), preprocessed as the model's inputs (the eval transforms).
+
+    Returns:
+        per precision (`runtime.PRECISIONS`): the softmax probabilities (N, classes) float32 of
+        all the batches in order, and the wall-clock seconds its forward passes took in this
+        process (`runtime.infer`, OpenVINO's threads: every core; a first batch before the
+        timing, so that compiling and first-call set-up are not counted).
+
+    Raises:
+        RuntimeError: OpenVINO could not read or compile a model (its message included).
+        ValueError: no batch.
+    """
+    compiled = {precision: runtime.compile_model(folder / FILES[precision], precision)
+                for precision in runtime.PRECISIONS}
+    logits: dict[str, list[np.ndarray]] = {precision: [] for precision in compiled}
+    seconds = dict.fromkeys(compiled, 0.0)
+    for index, batch in enumerate(batches):
+        for precision, model in compiled.items():
+            if index == 0:
+                runtime.infer(model, batch)  # warm-up, not timed
+            start = time.perf_counter()
+            logits[precision].append(runtime.infer(model, batch))
+            seconds[precision] += time.perf_counter() - start
+    if not logits["fp32"]:
+        raise ValueError("no image to measure the precisions on")
+    return {precision: (torch.softmax(torch.from_numpy(np.concatenate(outputs)), dim=1).numpy(), seconds[precision])
+            for precision, outputs in logits.items()}

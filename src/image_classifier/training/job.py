@@ -14,6 +14,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -106,9 +107,10 @@ def run(env: SageMakerEnv, config: TrainConfig, should_stop: Callable[[], bool] 
         if test is not None:
             logger.info(metrics.format_metrics(test))
         spec = model_spec(config, class_names)
-        _save_model(env, config, spec, state.best_state)
+        exported = _save_model(env, config, spec, state.best_state)
         metrics.write_metrics(env.output_data_dir, state, test)
-        evaluation.write_report(env, spec, channel, loaders[channel], predictions, state.best_state, device)
+        evaluation.write_report(env, spec, channel, loaders[channel], predictions, state.best_state, device,
+                                exported)
         return metrics.final(state, test)
 
 
@@ -229,15 +231,20 @@ def model_spec(config: TrainConfig, class_names: list[str]) -> artifacts.ModelSp
         dropout=config.dropout, head_hidden=list(config.hidden_sizes), head_activation=config.head_activation)
 
 
-def _save_model(env: SageMakerEnv, config: TrainConfig, spec: artifacts.ModelSpec, state_dict: dict) -> None:
+def _save_model(env: SageMakerEnv, config: TrainConfig, spec: artifacts.ModelSpec, state_dict: dict) -> Path | None:
     """The model artifacts (`artifacts.save_model`) in the model dir, then with export=openvino the
-    serving runtime's files (`export.export_for_job`); rank 0 only: one writer under DDP."""
+    serving runtime's files (`export.export_for_job`); rank 0 only: one writer under DDP.
+
+    Returns:
+        the folder of the exported files; None without them (export=none, a failed export, rank > 0).
+    """
     if not distributed.is_main():  # ddp: one writer
-        return
+        return None
     artifacts.save_model(env.model_dir, state_dict, spec)
     logger.info("model artifacts written to %s", env.model_dir)
-    if config.export == "openvino":
-        export.export_for_job(env.model_dir, data.resolve_channels(env.channel_dir)[data.TRAIN], spec, state_dict)
+    if config.export != "openvino":
+        return None
+    return export.export_for_job(env.model_dir, data.resolve_channels(env.channel_dir)[data.TRAIN], spec, state_dict)
 
 
 def _train_module(trainable: nn.Module, config: TrainConfig) -> nn.Module:
