@@ -195,11 +195,13 @@ def _drain(nginx: subprocess.Popen, gunicorn: subprocess.Popen) -> int:
 
 def _supervise(nginx: subprocess.Popen, gunicorn: subprocess.Popen, stopping: list[int]) -> int:
     """Until SIGTERM (then drain) or a child's exit (then stop the other and fail)."""
+    # with one gone no request can be answered: the other stops at once (gunicorn's SIGQUIT, nginx's SIGTERM)
     while not stopping:
-        for name, process, other in (("nginx", nginx, gunicorn), ("gunicorn", gunicorn, nginx)):
+        for name, process, other, quick in (("nginx", nginx, gunicorn, signal.SIGQUIT),
+                                            ("gunicorn", gunicorn, nginx, signal.SIGTERM)):
             if process.poll() is not None:
                 logger.error("%s exited with %d: stopping the server", name, process.returncode)
-                _stop(other, signal.SIGTERM)
+                _stop(other, quick)
                 _kill_group(nginx)
                 return process.returncode or 1
         time.sleep(POLL_SECONDS)
