@@ -28,10 +28,10 @@ The bounds, each from nginx's documentation (https://nginx.org/en/docs/http/ngx_
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -69,6 +69,19 @@ def too_large_body() -> str:
     return json.dumps({"error": RequestEntityTooLarge.description}, separators=(",", ":"))
 
 
+def _proxy_read_timeout(settings: ServerSettings) -> int:
+    """Seconds nginx waits for gunicorn's answer: longer than gunicorn lets a worker take."""
+    if not settings.model_server_timeout:
+        return NO_TIMEOUT_SECONDS
+    return settings.model_server_timeout + PROXY_MARGIN_SECONDS
+
+
+def _user_directive() -> str:
+    """nginx's `user`, which matters only to a master running as root (SageMaker's case): its
+    workers then run as root too, as gunicorn's do, and can use the run folder."""
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+
+
 def nginx_conf(settings: ServerSettings, run_dir: Path, socket_path: Path) -> str:
     """nginx's configuration for `settings`: listen on the port, proxy to gunicorn's unix socket.
 
@@ -80,11 +93,7 @@ def nginx_conf(settings: ServerSettings, run_dir: Path, socket_path: Path) -> st
     Returns:
         the text of an nginx.conf, for `nginx -c`.
     """
-    read_timeout = settings.model_server_timeout + PROXY_MARGIN_SECONDS if settings.model_server_timeout \
-        else NO_TIMEOUT_SECONDS
-    # the `user` directive matters only to a master running as root (SageMaker's case): its
-    # workers then run as root too, as gunicorn's do, and can use the run folder
-    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
+    read_timeout = _proxy_read_timeout(settings)
     temp_paths = "\n".join(f"    {kind}_temp_path {run_dir / kind};"
                            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# Written by image_classifier.serving.front from the server's settings: do not edit.
@@ -92,7 +101,7 @@ worker_processes 1;
 worker_shutdown_timeout {NGINX_SHUTDOWN_SECONDS}s;
 pid {run_dir / "nginx.pid"};
 error_log stderr warn;
-{user}
+{_user_directive()}
 events {{
     worker_connections {WORKER_CONNECTIONS};
 }}
