@@ -11,7 +11,7 @@ The bounds, each from nginx's documentation (https://nginx.org/en/docs/http/ngx_
 - a request's head must arrive within CLIENT_TIMEOUT_SECONDS (`client_header_timeout`), and a
   body's successive reads may wait at most CLIENT_TIMEOUT_SECONDS each (`client_body_timeout`;
   the timeout is between two reads, not for the whole body); a stalled client is then
-  answered 408 and dropped;
+  dropped (nginx's defaults: SageMaker's own front end gives up on an invocation after 60 s);
 - a body over the payload limit (`client_max_body_size`, bytes) is answered 413 with the
   app's JSON error and `Connection: close`; before the connection closes nginx reads and
   discards what the client still sends for at most LINGER_SECONDS in all, each read waiting
@@ -47,15 +47,11 @@ from image_classifier.sagemaker_env import ServerSettings
 logger = logging.getLogger(__name__)
 
 NGINX = "nginx"                    # the program, looked up on PATH
-CLIENT_TIMEOUT_SECONDS = 10        # a head, one read of a body, one write of an answer: stalled clients are dropped
+CLIENT_TIMEOUT_SECONDS = 60        # a head, one read of a body, one write of an answer (nginx's defaults)
 LINGER_SECONDS = 30                # discarding a refused body, at most (nginx's default lingering_time)
 LINGER_READ_SECONDS = 5            # one read while discarding, at most (nginx's default lingering_timeout)
 BODY_BUFFER_BYTES = 256 * 1024     # a body held in memory, at most; a larger one goes to a temporary file
 CLIENT_KEEPALIVE_SECONDS = 75      # an idle client connection kept open (nginx's default keepalive_timeout)
-UPSTREAM_KEEPALIVE_SECONDS = 60    # an idle connection to gunicorn, kept by nginx for the next request
-# gunicorn keeps an idle connection longer than nginx does, so that nginx always closes it first:
-# a POST on a connection gunicorn has just closed would fail with 502 (nginx does not retry a POST).
-GUNICORN_KEEPALIVE_SECONDS = UPSTREAM_KEEPALIVE_SECONDS + 15
 PROXY_MARGIN_SECONDS = 30          # nginx waits for an answer the model server's timeout plus this
 NO_TIMEOUT_SECONDS = 86_400        # nginx's wait for an answer when the model server has no timeout (0)
 NGINX_SHUTDOWN_SECONDS = 20        # nginx's graceful stop, at most: SageMaker kills 30 s after SIGTERM
@@ -117,10 +113,12 @@ http {{
     log_format front 'nginx $remote_addr "$request" $status $body_bytes_sent $request_time';
     access_log /dev/stdout front if=$answered_by_nginx;
 
+    # a new connection to gunicorn for each request (a unix socket: tens of microseconds), so
+    # that the kernel hands each request to whichever worker accepts first, as without nginx:
+    # connections kept alive stay with the worker that accepted them, and a worker that
+    # replaced a dead one got no request in 120 s (tests/serving/test_load.py)
     upstream gunicorn {{
         server unix:{socket_path};
-        keepalive 16;
-        keepalive_timeout {UPSTREAM_KEEPALIVE_SECONDS}s;
     }}
 
     server {{
@@ -139,7 +137,6 @@ http {{
         location / {{
             proxy_pass http://gunicorn;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_request_buffering on;
@@ -166,7 +163,7 @@ def gunicorn_command(app: str, config: str, socket_path: Path | None = None) -> 
     """gunicorn with the project's config and app; behind nginx, bound to `socket_path`."""
     command = [sys.executable, "-m", "gunicorn", "--config", config]
     if socket_path is not None:
-        command += ["--bind", f"unix:{socket_path}", "--keep-alive", str(GUNICORN_KEEPALIVE_SECONDS)]
+        command += ["--bind", f"unix:{socket_path}"]
     return [*command, app]
 
 

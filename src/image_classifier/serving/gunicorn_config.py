@@ -9,7 +9,7 @@ serving/shared.py), so they never fight over the cores, and concurrent requests 
 batched forward pass.
 
 Behind nginx (serving/front.py, the default) `serve` binds gunicorn to a unix socket instead
-of the port (`--bind`, `--keep-alive`) and gunicorn sees only whole requests. Without nginx a
+of the port (`--bind`) and gunicorn sees only whole requests. Without nginx a
 slow client holds one request thread; the 413 bounds here (`pre_request`, parser.discard_body)
 are then the only line.
 """
