@@ -4,7 +4,8 @@
   time and a photo is answered right; nginx drops those stalled mid-body after its timeout;
 - SIGTERM lets a request in flight through nginx finish, and nothing new is accepted;
 - nginx or gunicorn dying stops the server, non-zero, with a log line naming it;
-- without nginx on PATH, gunicorn alone serves, with a warning.
+- without nginx on PATH, gunicorn alone serves, with a warning, and still answers urllib's
+  oversized body with the 413.
 
 These need nginx (the serving image and CI have it): where it is missing they fail, they do not skip.
 The 413 a client that sends all before reading gets (urllib) is tested in test_server.py.
@@ -19,6 +20,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -205,10 +208,17 @@ def test_either_child_dying_stops_the_server(model_dir, tmp_path, victim):
 def test_without_nginx_gunicorn_serves_alone_with_a_warning(model_dir, tmp_path):
     nginx()
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not Path(d, front.NGINX).exists())
-    server = start_served(model_dir, tmp_path, PATH=path)
+    server = start_served(model_dir, tmp_path, PATH=path, SAGEMAKER_MAX_PAYLOAD_IN_MB="1")
     try:
         assert "nginx is not on PATH" in server.log_text() and "apt-get install nginx" in server.log_text()
         assert b"gunicorn" in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
         assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+        # gunicorn's own second line (serving/parser.discard_body): urllib, 3x the limit, gets the 413
+        request = urllib.request.Request(f"{server.url}/invocations", data=b"\0" * 3_000_000, method="POST",
+                                         headers={"Content-Type": NPY})
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=60)
+        assert raised.value.code == 413 and raised.value.headers["Connection"] == "close"
+        assert raised.value.read().decode().strip() == front.too_large_body()
     finally:
         assert stop(server.process) < 30
