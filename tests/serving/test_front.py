@@ -213,8 +213,9 @@ def test_without_nginx_gunicorn_serves_alone_with_a_warning(model_dir, tmp_path)
         assert "nginx is not on PATH" in server.log_text() and "apt-get install nginx" in server.log_text()
         assert b"gunicorn" in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
         assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
-        # gunicorn's own second line (serving/parser.discard_body): urllib, 3x the limit, gets the 413
-        request = urllib.request.Request(f"{server.url}/invocations", data=b"\0" * 3_000_000, method="POST",
+        # gunicorn's own second line (serving/parser.discard_body): urllib, 20x the limit (more than
+        # loopback's socket buffers hold), gets the 413
+        request = urllib.request.Request(f"{server.url}/invocations", data=b"\0" * 20_000_000, method="POST",
                                          headers={"Content-Type": NPY})
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(request, timeout=60)
