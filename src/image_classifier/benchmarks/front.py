@@ -3,10 +3,10 @@
 Two servers on one small model (resnet18, random weights, 10 classes, `--image-size` px), each
 with one worker: `python -m image_classifier.serve` as it runs (nginx in front), and the same
 with nginx off PATH (gunicorn alone on the port). At concurrency 1, on keep-alive connections,
-requests go to one and then the other in turns (this machine's speed drifts over minutes, so
-the two are measured side by side): `GET /ping` (the proxy alone) and `POST /invocations` of a
-real photo (scikit-learn's china.jpg). Prints p50/p99 of each, the difference in milliseconds
-and the ratio with/without nginx, then the same as JSON.
+requests go to one and then the other in turns, which goes first alternating (this machine's
+speed drifts over minutes, so the two are measured side by side): `GET /ping` (the proxy
+alone) and `POST /invocations` of a real photo (scikit-learn's china.jpg). Prints p50/p99 of
+each, the difference in milliseconds and the ratio with/without nginx, then the same as JSON.
 """
 
 from __future__ import annotations
@@ -58,15 +58,18 @@ def timed(session: requests.Session, method: str, url: str, body: bytes | None) 
 
 
 def in_turns(urls: dict[str, str], method: str, path: str, body: bytes | None, count: int) -> dict[str, list[float]]:
-    """`count` requests to each server, one to each in turn, each server on its own keep-alive session."""
+    """`count` requests to each server, one to each in turn (which goes first alternates), each server
+    on its own keep-alive session."""
     sessions = {name: requests.Session() for name in urls}
     for name, url in urls.items():
         for _ in range(WARM_UP):
             timed(sessions[name], method, url + path, body)
     seconds: dict[str, list[float]] = {name: [] for name in urls}
+    order = list(urls)
     for _ in range(count):
-        for name, url in urls.items():
-            seconds[name].append(timed(sessions[name], method, url + path, body))
+        for name in order:
+            seconds[name].append(timed(sessions[name], method, urls[name] + path, body))
+        order.reverse()
     return seconds
 
 
