@@ -1,4 +1,5 @@
-"""A real gunicorn model server (`local.start_server`) in a subprocess, for the tests: which worker answered."""
+"""A real model server (`local.start_server`: nginx in front of gunicorn) in a subprocess, for the tests:
+which worker answered."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def children(pid: int) -> set[int]:
-    """Pids of the live processes whose parent is `pid` (gunicorn's workers), from /proc."""
+def _direct_children(pid: int) -> set[int]:
+    """Pids of the live processes whose parent is `pid`, from /proc."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -44,6 +45,24 @@ def children(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry.name))
     return found
+
+
+def _is_gunicorn(pid: int) -> bool:
+    try:
+        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def children(pid: int) -> set[int]:
+    """Pids of the live gunicorn workers of the server `pid` (`python -m image_classifier.serve`).
+
+    Behind nginx the server's children are nginx and gunicorn's master, whose children are the
+    workers; without nginx the server became gunicorn's master (exec) and its children are them.
+    """
+    if _is_gunicorn(pid):
+        return _direct_children(pid)
+    return {worker for child in _direct_children(pid) if _is_gunicorn(child) for worker in _direct_children(child)}
 
 
 def start(base_dir: Path, workers: int, port: int | None = None, **env) -> tuple[subprocess.Popen, str, Path]:

@@ -6,7 +6,12 @@ at start with a message that names the variable.
 
 Each worker's torch uses every core: the server's forward passes take turns (serving/batcher.py,
 serving/shared.py), so they never fight over the cores, and concurrent requests share a
-batched forward pass. A slow client holds one thread, not a worker.
+batched forward pass.
+
+Behind nginx (serving/front.py, the default) `serve` binds gunicorn to a unix socket instead
+of the port (`--bind`) and gunicorn sees only whole requests. Without nginx a
+slow client holds one request thread; the 413 bounds here (`pre_request`, parser.discard_body)
+are then the only line.
 """
 
 import os
@@ -16,7 +21,7 @@ from image_classifier.serving import shared
 
 _settings = SageMakerEnv.from_environ().server
 
-bind = f"0.0.0.0:{_settings.port}"
+bind = f"0.0.0.0:{_settings.port}"  # gunicorn alone; behind nginx, serve passes a unix socket
 workers = _settings.model_server_workers
 timeout = _settings.model_server_timeout
 # SageMaker sends SIGTERM and waits 30 s before SIGKILL: finish in-flight requests within that.

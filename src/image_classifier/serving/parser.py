@@ -22,15 +22,15 @@ from werkzeug.http import parse_accept_header
 from image_classifier.serving import attributes, codec, content_types
 from image_classifier.serving.attributes import Attributes
 from image_classifier.serving.errors import UnsupportedAcceptError
+from image_classifier.serving.front import LINGER_READ_SECONDS, LINGER_SECONDS
 
 logger = logging.getLogger(__name__)
 
-# How much of a refused (413) body is read and discarded before the answer, as nginx's lingering
-# close does (its lingering_time 30 s and lingering_timeout 5 s defaults): a client that writes
-# its whole body before it reads (Python's urllib) gets the 413 instead of "Broken pipe".
+# How much of a refused (413) body is read and discarded before the answer where gunicorn serves
+# alone (without nginx in front, serving/front.py): nginx's bounds in seconds (LINGER_SECONDS in
+# all, LINGER_READ_SECONDS a read), and one in bytes. A client that writes its whole body before
+# it reads (Python's urllib) gets the 413 instead of "Broken pipe".
 LINGER_MAX_BYTES = 32 * 2**20   # bytes discarded at most
-LINGER_SECONDS = 30.0           # seconds spent discarding at most
-LINGER_READ_SECONDS = 5.0       # seconds one read may wait for the client
 
 
 @dataclass(frozen=True)
