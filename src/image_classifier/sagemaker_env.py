@@ -176,7 +176,8 @@ class ServerSettings(BaseModel):
         unit="MB (10^6 bytes)", gt=0, validation_alias=MAX_PAYLOAD_ENV)
     model_server_threads: Whole = setting(
         8, "Request threads per worker (gunicorn's gthread worker): requests a worker reads and decodes at "
-        "once, which then share batched forward passes. A slow client holds one thread, not a worker.",
+        "once, which then share batched forward passes. nginx in front reads each request whole before "
+        "gunicorn sees it, so a slow client holds none (serving/front.py).",
         unit="threads", ge=1, validation_alias=THREADS_ENV)
     max_batch: Whole = setting(
         16, "Most images one forward pass takes from the waiting requests; 1 = no batching.", unit="images",
