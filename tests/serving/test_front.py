@@ -223,3 +223,14 @@ def test_without_nginx_gunicorn_serves_alone_with_a_warning(model_dir, tmp_path)
         assert raised.value.read().decode().strip() == front.too_large_body()
     finally:
         assert stop(server.process) < 30
+
+
+@pytest.mark.parametrize("route", ["/ping", "/invocations", "/execution-parameters"])
+def test_a_trace_nginx_refuses_says_what_the_route_allows_as_flask_does(server, route):
+    """nginx answers TRACE itself; its 405 carries the same `Allow` as the app's own 405 (RFC 9110
+    §15.5.6), found by the schemathesis run (tests/serving/test_openapi.py)."""
+    trace = requests.request("TRACE", f"{server.url}{route}", timeout=10)
+    put = requests.put(f"{server.url}{route}", timeout=10)
+    assert trace.status_code == put.status_code == 405
+    assert set(trace.headers["Allow"].split(", ")) == set(put.headers["Allow"].split(", ")) != {""}
+    assert trace.headers["Content-Type"] == "application/json" and "error" in trace.json()

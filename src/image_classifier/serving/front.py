@@ -110,6 +110,12 @@ http {{
         "" 1;
         default 0;
     }}
+    # nginx answers TRACE itself, 405, before any location: with the methods the app's routes
+    # take in `Allow`, as RFC 9110 requires (tests/serving/test_front.py compares it with Flask's)
+    map $uri $allowed_methods {{
+{_allowed_methods()}
+        default "";
+    }}
     log_format front 'nginx $remote_addr "$request" $status $body_bytes_sent $request_time';
     access_log /dev/stdout front if=$answered_by_nginx;
 
@@ -133,6 +139,7 @@ http {{
         lingering_time {LINGER_SECONDS}s;
         lingering_timeout {LINGER_READ_SECONDS}s;
         error_page 413 @too_large;
+        error_page 405 @not_allowed;
 
         location / {{
             proxy_pass http://gunicorn;
@@ -145,6 +152,12 @@ http {{
             proxy_read_timeout {read_timeout}s;
         }}
 
+        location @not_allowed {{
+            default_type application/json;
+            add_header Allow $allowed_methods always;
+            return 405 '{{"error": "The method is not allowed for the requested URL."}}';
+        }}
+
         location @too_large {{
             default_type application/json;
             return 413 '{too_large_body()}';
@@ -152,6 +165,15 @@ http {{
     }}
 }}
 """
+
+
+# The app's routes and the methods Flask answers them with (serving/app.py): nginx's own 405 says the same
+ROUTE_METHODS = {"/ping": "GET, HEAD, OPTIONS", "/invocations": "OPTIONS, POST",
+                 "/execution-parameters": "GET, HEAD, OPTIONS"}
+
+
+def _allowed_methods() -> str:
+    return "\n".join(f'        {route} "{methods}";' for route, methods in ROUTE_METHODS.items())
 
 
 def find_nginx() -> str | None:
