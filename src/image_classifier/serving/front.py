@@ -152,16 +152,7 @@ http {{
             proxy_read_timeout {read_timeout}s;
         }}
 
-        location @not_allowed {{
-            default_type application/json;
-            add_header Allow $allowed_methods always;
-            return 405 '{{"error": "The method is not allowed for the requested URL."}}';
-        }}
-
-        location @too_large {{
-            default_type application/json;
-            return 413 '{too_large_body()}';
-        }}
+{_error_locations()}
     }}
 }}
 """
@@ -170,6 +161,20 @@ http {{
 # The app's routes and the methods Flask answers them with (serving/app.py): nginx's own 405 says the same
 ROUTE_METHODS = {"/ping": "GET, HEAD, OPTIONS", "/invocations": "OPTIONS, POST",
                  "/execution-parameters": "GET, HEAD, OPTIONS"}
+
+
+def _error_locations() -> str:
+    """The answers nginx gives itself, as the app's: JSON, and `Allow` on a 405."""
+    return f"""        location @not_allowed {{
+            default_type application/json;
+            add_header Allow $allowed_methods always;
+            return 405 '{{"error": "The method is not allowed for the requested URL."}}';
+        }}
+
+        location @too_large {{
+            default_type application/json;
+            return 413 '{too_large_body()}';
+        }}"""
 
 
 def _allowed_methods() -> str:
