@@ -95,3 +95,8 @@ def test_the_exported_file_is_served_when_present(model_dir, caplog):
         predictor = Predictor.load(model_dir)
     assert "converted" not in caplog.text and f"from {folder}" in caplog.text
     np.testing.assert_allclose(predictor.probabilities(np.ones((2, 3, 32, 32), np.float32)), 0.25, atol=1e-6)
+
+
+def test_an_in_memory_model_is_not_served_at_int8_uncalibrated():
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        Predictor.from_model(models.create_model("resnet18", 4), spec_for("resnet18"), "int8")

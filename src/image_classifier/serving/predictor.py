@@ -113,7 +113,13 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: artifacts.ModelSpec, precision: str = runtime.LOSSLESS):
-        """`model` (in memory) converted and compiled at `precision` (fp32 or bf16)."""
+        """`model` (in memory) converted and compiled at `precision` (fp32 or bf16).
+
+        Raises:
+            ValueError: int8 (it needs calibration images: `runtime.quantize`), or an unknown precision.
+        """
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"an in-memory model is served at fp32 or bf16, not {precision!r}")
         model = model.train(False).requires_grad_(False)
         request = runtime.compile_model(runtime.convert(model, spec.image_size), precision).create_infer_request()
         return cls(spec, lambda batch: runtime.infer(request, batch), lambda: model, precision)
