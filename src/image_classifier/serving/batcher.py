@@ -49,11 +49,12 @@ class Batcher:
     Args:
         forward: (N, 3, H, W) float32 array → (N, classes) float32 probabilities.
         prepare: one request's input → its (n, 3, H, W) float32 array; default: the input is
-            that array. It runs in the batcher's thread so that one thread of the worker runs
-            torch operations: each thread that does gets an OpenMP team of its own, and one
-            team's threads spinning after their work slow down the other's. Measured here
-            (resnet50, 224 px, 2 cores, side by side): 49 ms a request with preprocessing and
-            forward pass in one thread, 64 ms with preprocessing in the request's thread.
+            that array. It runs in the batcher's thread: with the TorchScript server (before
+            issue 18) each thread running torch operations got an OpenMP team of its own, and
+            preprocessing in the request's thread cost 64 ms a request against 49 (resnet50,
+            224 px, 2 cores, side by side). Preprocessing is Pillow and numpy now; one A/B with
+            OpenVINO int8 in the request's thread gave 81.5 against 78.0 images/s, not yet
+            conclusive.
         max_images: most images in one forward pass (inputs are never split).
         lock: held around each batch's preprocessing and forward passes; default the server's.
     """
