@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # EfficientNet-Lite0 fine-tuned at 64 px (a 2x2 last feature map) on 20 photos a class: seconds a job
 FASHION_JOB = {"model": "efficientnet_lite0", "freeze": "none", "epochs": 5, "image_size": 64, "batch_size": 32,
                "lr": 0.002, "optimizer": "adamw", "weight_decay": 0.01, "crop_scale_min": 0.6, "num_workers": 0,
-               "seed": 0}
+               "seed": 0, "export": "none"}  # jobs in pytest's process: no NNCF there (tests/isolated.py)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,8 @@ def test_timm_backbone_trains_and_serves_from_a_local_weights_file(tmp_path, dig
     torch.manual_seed(11)
     imagenet = models.imagenet_network(name).state_dict()
     env = lay_out(tmp_path / "opt_ml", digit_tree, sdk_hyperparameters(
-        model=name, pretrained=True, freeze="backbone", epochs=1, batch_size=16, image_size=32, num_workers=0))
+        model=name, pretrained=True, freeze="backbone", epochs=1, batch_size=16, image_size=32, num_workers=0,
+        export="none"))  # in pytest's process: no NNCF there; the server converts model.pth at start-up
     env.channel_dir("pretrained").mkdir()
     save_file(imagenet, env.channel_dir("pretrained") / models.weights_filename(name))
 
