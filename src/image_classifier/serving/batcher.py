@@ -136,6 +136,9 @@ class Batcher:
             finally:
                 for request in requests:
                     request.done.set()
+                # while `_take` waits for the next request, hold nothing of this batch: its inputs
+                # (a 50-megapixel image is 200 MB in Pillow) would stay alive until then
+                del requests, request
 
     def _predict(self, requests: list[_Request]) -> None:
         """Preprocess each request (a failure is its own), then one forward pass per input size."""
