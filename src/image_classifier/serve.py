@@ -17,7 +17,6 @@ import sys
 
 APP = "image_classifier.serving.app:create_app()"
 CONFIG = "python:image_classifier.serving.gunicorn_config"
-MALLOC_ARENA_MAX_ENV = "MALLOC_ARENA_MAX"
 
 logger = logging.getLogger("image_classifier.serve")
 
@@ -30,11 +29,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S %z")
     settings = SageMakerEnv.from_environ().server
-    # glibc gives each thread that allocates its own heap ("arena", up to 8 per core) and keeps a
-    # heap's high-water mark: a worker's 8 request threads, each decoding a 50-megapixel image in
-    # turn, grew it by 200 MB a time (tests/serving/test_load.py, twice in a row; passed with 2).
-    # Two arenas bound that (glibc's mallopt(3), M_ARENA_MAX); the workers inherit it from here.
-    os.environ.setdefault(MALLOC_ARENA_MAX_ENV, "2")
     nginx = front.find_nginx()
     if nginx is None:
         logger.warning("nginx is not on PATH: gunicorn alone serves port %d, and %d clients stalled mid-body "
