@@ -54,6 +54,7 @@ def job_writes_fp32_and_int8(env):
     folder = env.model_dir / export.EXPORT_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["model-int8.bin", "model-int8.xml", "model.bin", "model.xml"]
     assert not [p for p in env.model_dir.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert folder.stat().st_mode & 0o755 == 0o755  # the serving image's user reads it (mkdtemp makes 0700)
     state_dict, spec = artifacts.load_model(env.model_dir)
     model = spec.create_model()
     model.load_state_dict(state_dict)

@@ -71,6 +71,8 @@ def export(model_dir: Path, spec: artifacts.ModelSpec, state_dict: dict[str, tor
     converted = runtime.convert(model, spec.image_size)
     quantized = runtime.quantize(converted, calibration)
     staging = Path(tempfile.mkdtemp(prefix=f".{EXPORT_DIR}-", dir=model_dir))
+    # mkdtemp makes the folder 0700: the serving image's user (not the training job's) must read it
+    staging.chmod(0o755)
     try:
         runtime.save(converted, staging / FILES["fp32"])
         runtime.save(quantized, staging / FILES["int8"])
