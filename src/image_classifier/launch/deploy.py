@@ -24,7 +24,7 @@ import boto3
 from botocore import xform_name
 from botocore.exceptions import ClientError, WaiterError
 
-from image_classifier.launch import autoscaling, variants
+from image_classifier.launch import autoscaling, model_packages, variants
 from image_classifier.launch.common import parse_static, positive_int
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on, one_line
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a production variant, repeatable (A/B tests): SOURCE an s3://.../model.tar.gz or a "
                              "training job name, WEIGHT its share of the traffic against the other variants' "
                              "(>= 0, default 1), e.g. --variant current=s3://b/a/model.tar.gz:9 --variant new=JOB:1")
+    model_packages.add_arguments(source)  # --model-package ARN, --latest-approved GROUP (Model Registry)
     where = parser.add_argument_group("where the variants run (each variant the same)")
     where.add_argument("--instance-type", help=f"(default: {INSTANCE_TYPE})")
     where.add_argument("--instance-count", type=positive_int,
@@ -230,7 +231,7 @@ def _steps(args: argparse.Namespace, chosen: Plan, model_data: dict[str, str],
     method, its parameters)."""
     steps = []
     for model, url in model_data.items():
-        container = {"Image": args.image, "ModelDataUrl": url}
+        container = model_packages.container(args, url)
         if chosen.environment:
             container["Environment"] = chosen.environment
         steps.append((("model", model), "create_model",
@@ -256,6 +257,7 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
         DeployError: a request failed, or the endpoint did not reach InService; what the run had
             created is deleted.
     """
+    model_packages.resolve(boto_session, args)  # a model package: its image and model data
     chosen = plan(args)
     suffix = time.strftime("%Y%m%d-%H%M%S")
     config_name = variants.resource_name(args.name, suffix)

@@ -10,6 +10,11 @@ NPY = "application/x-npy"
 ANY = "*/*"
 
 IMAGE_TYPES = (JPEG, PNG, X_IMAGE, OCTET_STREAM)
+# what /invocations reads (Content-Type) and writes (Accept): the keys of serving/codec.py's decoder
+# and encoder tables (tests/launch/test_registry.py holds them equal), for those that cannot import
+# the codec, such as a model package's SupportedContentTypes and SupportedResponseMIMETypes
+REQUEST_TYPES = (*IMAGE_TYPES, NPY, JSON)
+RESPONSE_TYPES = (JSON, NPY, PNG)
 
 
 def base_type(header: str | None) -> str:

@@ -1,0 +1,111 @@
+"""Model packages of SageMaker's Model Registry as what `deploy.py` deploys: `--model-package ARN`
+and `--latest-approved GROUP`.
+
+A model package (a version in a model package group) names the serving image and the model data
+(its InferenceSpecification; `scripts/register.py` makes them). Deploying one creates a Model
+whose container is `{"ModelPackageName": ARN}`, as SageMaker documents for deploying from the
+registry (https://docs.aws.amazon.com/sagemaker/latest/dg/model-registry-deploy.html): SageMaker
+takes the image and the model data from the package, and the Model keeps the package's ARN (its
+lineage). Only an Approved package is deployed: approving is what the registry is for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Any
+
+import boto3
+
+from image_classifier.launch import variants
+
+logger = logging.getLogger(__name__)
+
+APPROVED, PENDING, REJECTED = "Approved", "PendingManualApproval", "Rejected"  # ModelApprovalStatus
+# botocore's ModelPackageArn pattern (the service model of CreateModel / UpdateModelPackage)
+ARN_PATTERN = re.compile(r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]{9,16}:[0-9]{12}:model-package/[\S]{1,2048}")
+
+
+def add_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
+    """Add `--model-package` and `--latest-approved` to deploy.py's group of model sources."""
+    source.add_argument("--model-package", metavar="ARN",
+                        help="deploy this Approved model package (Model Registry, scripts/register.py) as the one "
+                             "variant: its image and model data")
+    source.add_argument("--latest-approved", metavar="GROUP",
+                        help="deploy the newest Approved model package of this model package group as the one "
+                             "variant")
+
+
+def check_arn(arn: str) -> str:
+    """`arn` if it is a model package's ARN. Raises: ValueError: otherwise (the message shows one)."""
+    if not ARN_PATTERN.fullmatch(arn):
+        raise ValueError(f"not a model package ARN: {arn!r} (expected "
+                         "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION)")
+    return arn
+
+
+def check_group(name: str) -> str:
+    """`name` if it is a valid model package group name. Raises: ValueError: otherwise."""
+    if not variants.is_name(name):
+        raise ValueError(f"model package group name {name!r} must be 1-63 letters, digits and hyphens, "
+                         "starting and ending with a letter or digit")
+    return name
+
+
+def latest_approved(sm, group: str) -> str:
+    """The ARN of the newest Approved model package of `group` (ListModelPackages, by CreationTime).
+
+    Raises:
+        ValueError: the group holds no Approved package (the message says how to approve one).
+    """
+    found = sm.list_model_packages(ModelPackageGroupName=group, ModelApprovalStatus=APPROVED,
+                                   SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
+    summaries = found.get("ModelPackageSummaryList", [])
+    if not summaries:
+        raise ValueError(f"model package group {group} holds no Approved model package: approve one with "
+                         "scripts/register.py --approve-arn ARN")
+    return summaries[0]["ModelPackageArn"]
+
+
+def approved_package(sm, arn: str) -> dict[str, Any]:
+    """DescribeModelPackage of `arn`, checked to be Approved. Raises: ValueError: it is not Approved."""
+    package = sm.describe_model_package(ModelPackageName=arn)
+    status = package.get("ModelApprovalStatus")
+    if status != APPROVED:
+        raise ValueError(f"model package {arn} is {status}, not Approved: approve it first with "
+                         f"scripts/register.py --approve-arn {arn}")
+    return package
+
+
+def resolve(boto_session: boto3.Session, args: argparse.Namespace) -> None:
+    """For `--model-package` / `--latest-approved`: check them, find the Approved package, and set
+    `args.model_package` (its ARN), `args.image` and `args.model_data` (its first container's), which
+    deploy.py then checks and deploys as usual. Without either, nothing happens.
+
+    Raises:
+        ValueError: a malformed ARN or group name, `--image` given too (the package names its image),
+            no `--role`, no Approved package (before any request for the first three).
+    """
+    if not (args.model_package or args.latest_approved):
+        return
+    if args.model_package:
+        check_arn(args.model_package)
+    else:
+        check_group(args.latest_approved)
+    if args.image:
+        raise ValueError("a model package names its serving image: leave out --image")
+    if not args.role:
+        raise ValueError("--role is needed to deploy")
+    sm = boto_session.client("sagemaker")
+    arn = args.model_package or latest_approved(sm, args.latest_approved)
+    container = approved_package(sm, arn)["InferenceSpecification"]["Containers"][0]
+    logger.info("deploying model package %s: %s with %s", arn, container["Image"], container["ModelDataUrl"])
+    args.model_package, args.image, args.model_data = arn, container["Image"], container["ModelDataUrl"]
+
+
+def container(args: argparse.Namespace, model_data: str) -> dict[str, Any]:
+    """A Model's container: the model package when one is deployed, else the image and `model_data`."""
+    if getattr(args, "model_package", None):
+        return {"ModelPackageName": args.model_package}
+    return {"Image": args.image, "ModelDataUrl": model_data}
