@@ -205,6 +205,7 @@ REGISTER = ["--group", "ic-bad", "--image", IMAGE, "--training-job", "t-1"]
     (deploy.main, ["--role", ROLE, "--latest-approved", "ic_bad"], "model package group name"),
     (deploy.main, ["--role", ROLE, "--image", IMAGE, "--latest-approved", "ic-bad"], "leave out --image"),
     (deploy.main, ["--latest-approved", "ic-bad"], "--role is needed"),
+    (deploy.main, ["--role", ROLE, "--latest-approved", "ic-bad", "--autoscale", "1:2"], "--target-invocations"),
 ])
 def test_bad_arguments_are_refused_before_any_request(aws, received, capsys, main, args, words):
     assert main(["--region", "us-east-1", *args]) == 2

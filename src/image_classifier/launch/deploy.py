@@ -257,7 +257,7 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
         DeployError: a request failed, or the endpoint did not reach InService; what the run had
             created is deleted.
     """
-    model_packages.resolve(boto_session, args)  # a model package: its image and model data
+    model_packages.resolve(boto_session, args, plan)  # a model package: its image and model data
     chosen = plan(args)
     suffix = time.strftime("%Y%m%d-%H%M%S")
     config_name = variants.resource_name(args.name, suffix)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 APPROVED, PENDING, REJECTED = "Approved", "PendingManualApproval", "Rejected"  # ModelApprovalStatus
 # botocore's ModelPackageArn pattern (the service model of CreateModel / UpdateModelPackage)
+# what deploy.py's checks see of a package before it is read: its container's image and model data
+STAND_IN_IMAGE, STAND_IN_DATA = "the model package's image", "s3://the-model-package/model.tar.gz"
 ARN_PATTERN = re.compile(r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]{9,16}:[0-9]{12}:model-package/[\S]{1,2048}")
 
 
@@ -78,14 +81,21 @@ def approved_package(sm, arn: str) -> dict[str, Any]:
     return package
 
 
-def resolve(boto_session: boto3.Session, args: argparse.Namespace) -> None:
+def resolve(boto_session: boto3.Session, args: argparse.Namespace,
+            check: Callable[[argparse.Namespace], object]) -> None:
     """For `--model-package` / `--latest-approved`: check them, find the Approved package, and set
     `args.model_package` (its ARN), `args.image` and `args.model_data` (its first container's), which
-    deploy.py then checks and deploys as usual. Without either, nothing happens.
+    deploy.py then deploys as usual. Without either, nothing happens.
+
+    Args:
+        boto_session: the session of the reads (ListModelPackages, DescribeModelPackage).
+        args: deploy.py's arguments, changed in place.
+        check: deploy.py's check of all its arguments (`deploy.plan`), run before any request with
+            stand-ins for the image and the model data the package will give.
 
     Raises:
         ValueError: a malformed ARN or group name, `--image` given too (the package names its image),
-            no `--role`, no Approved package (before any request for the first three).
+            what `check` refuses (all three before any request); no Approved package.
     """
     if not (args.model_package or args.latest_approved):
         return
@@ -96,7 +106,8 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace) -> None:
     if args.image:
         raise ValueError("a model package names its serving image: leave out --image")
     if not args.role:
-        raise ValueError("--role is needed to deploy")
+        raise ValueError("--role is needed to deploy: the IAM role the endpoint runs as")
+    check(argparse.Namespace(**{**vars(args), "image": STAND_IN_IMAGE, "model_data": STAND_IN_DATA}))
     sm = boto_session.client("sagemaker")
     arn = args.model_package or latest_approved(sm, args.latest_approved)
     container = approved_package(sm, arn)["InferenceSpecification"]["Containers"][0]
