@@ -117,6 +117,6 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace,
 
 def container(args: argparse.Namespace, model_data: str) -> dict[str, Any]:
     """A Model's container: the model package when one is deployed, else the image and `model_data`."""
-    if getattr(args, "model_package", None):
+    if args.model_package:
         return {"ModelPackageName": args.model_package}
     return {"Image": args.image, "ModelDataUrl": model_data}
