@@ -1,6 +1,8 @@
 """deploy.py --async-output against moto_server: the endpoint config's AsyncInferenceConfig, the
 container environment, scaling to 0 on the backlog with the scale-out-from-0 policy and alarm, delete."""
 
+import json
+
 import boto3
 import pytest
 
@@ -122,3 +124,94 @@ def test_environment_is_the_servers_own_variables():
     settings = ServerSettings.from_environ(async_inference.ENVIRONMENT)
     assert settings.max_payload_bytes == 10**9 and settings.model_server_timeout == 3600
     assert deploy.build_parser().parse_args(["--async-output", "s3://b/o"]).async_output == "s3://b/o"
+
+
+# --- predict.py --async ----------------------------------------------------------------
+
+PREDICTIONS = [{"label": "Affenpinscher", "class_id": 0, "probability": 0.93},
+               {"label": "Afghan_hound", "class_id": 1, "probability": 0.05}]
+
+
+def queue_async(aws, *results):
+    """moto's answers to the next InvokeEndpointAsync calls: the objects it writes (output or failure)."""
+    import requests
+
+    requests.post(f"{aws}/moto-api/static/sagemaker/async-endpoint-results", timeout=10, json={
+        "account_id": "123456789012", "region": "us-east-1", "results": list(results)})
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """An .npy batch of 8 images: a body a real-time endpoint would take too, sent through S3 here."""
+    import numpy as np
+
+    path = tmp_path / "batch.npy"
+    np.save(path, np.zeros((8, 3, 32, 32), np.float32))
+    return path
+
+
+def test_predict_async_prints_the_output_objects_table(aws, received, capsys, batch):
+    from image_classifier.client import format_answer
+    from image_classifier.launch import invoke
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="ic-async-in")
+    queue_async(aws, {"data": json.dumps({"predictions": [PREDICTIONS, PREDICTIONS[::-1]]})})
+    code = invoke.main([str(batch), "--endpoint", "ic-async", "--region", "us-east-1", "--top-k", "2",
+                        "--async", "s3://ic-async-in/requests", "--invocation-timeout", "1800"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip() == format_answer([PREDICTIONS, PREDICTIONS[::-1]])
+    call = next(r for r in received() if r["url"].endswith("/endpoints/ic-async/async-invocations"))
+    headers = {key.lower(): value for key, value in call["headers"].items()}
+    location = headers["x-amzn-sagemaker-inputlocation"]
+    assert location.startswith("s3://ic-async-in/requests/") and location.endswith("/batch.npy")
+    assert headers["x-amzn-sagemaker-content-type"] == "application/x-npy"
+    assert headers["x-amzn-sagemaker-custom-attributes"] == "top_k=2"
+    assert headers["x-amzn-sagemaker-invocationtimeoutseconds"] == "1800"
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    uploaded = boto3.client("s3", region_name="us-east-1").get_object(Bucket=bucket, Key=key)
+    assert uploaded["Body"].read() == batch.read_bytes()
+
+
+def test_predict_async_reports_the_failure_object(aws, capsys, batch):
+    from image_classifier.launch import invoke
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="ic-async-in")
+    queue_async(aws, {"is_failure": True, "data": "the model container answered 500: out of memory"})
+    code = invoke.main([str(batch), "--endpoint", "ic-async", "--region", "us-east-1",
+                        "--async", "s3://ic-async-in/requests"])
+    err = capsys.readouterr().err
+    assert code == 1 and "the endpoint failed the request" in err and "out of memory" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--async", "ic-async-in/requests"], "S3 prefix"),
+    (["--async", "s3://ic-async-in/r", "--target-variant", "a"], "--target-variant"),
+    (["--async", "s3://ic-async-in/r", "--invocation-timeout", "3601"], "1-3600"),
+])
+def test_predict_async_refusals_send_nothing(received, capsys, batch, args, words):
+    from image_classifier.launch import invoke
+
+    assert invoke.main([str(batch), "--endpoint", "ic-async", "--region", "us-east-1", *args]) == 2
+    assert words in capsys.readouterr().err and received() == []
+
+
+def test_predict_async_dry_run_sends_nothing(received, capsys, batch):
+    from image_classifier.launch import invoke
+
+    code = invoke.main([str(batch), "--endpoint", "ic-async", "--region", "us-east-1",
+                        "--async", "s3://ic-async-in/requests", "--dry-run"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and received() == []
+    assert printed["InvokeEndpointAsync"]["InputLocation"] == printed["PutObject"]["Location"]
+    assert printed["InvokeEndpointAsync"]["InvocationTimeoutSeconds"] == 3600
+    assert "TargetVariant" not in printed["InvokeEndpointAsync"]
+
+
+def test_a_body_over_1_gb_is_refused(tmp_path):
+    from image_classifier.launch import invoke_async
+
+    big = tmp_path / "big.npy"
+    with big.open("wb") as f:
+        f.truncate(10**9 + 1)  # sparse: no GB written
+    with pytest.raises(ValueError, match="over Asynchronous Inference's limit of 1 GB"):
+        invoke_async.check_payload(big)
