@@ -60,7 +60,8 @@ def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any,
     scaling policies that go with the scalable targets after them."""
     names = [name for v in variants for name in [*monitoring.alarm_names(endpoint, v),
                                                    async_inference.alarm_name(endpoint, v)]]
-    found = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])]
+    found = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
+             if a["AlarmName"] in names]
     steps = [(cloudwatch, "DeleteAlarms", {"AlarmNames": found})] if found else []
     try:
         dashboards = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
