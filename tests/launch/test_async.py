@@ -215,3 +215,31 @@ def test_a_body_over_1_gb_is_refused(tmp_path):
         f.truncate(10**9 + 1)  # sparse: no GB written
     with pytest.raises(ValueError, match="over Asynchronous Inference's limit of 1 GB"):
         invoke_async.check_payload(big)
+
+
+# --- the container takes what Asynchronous Inference sends -----------------------------
+
+@pytest.mark.slow
+def test_a_server_with_the_async_environment_takes_a_batch_far_over_6_mb(model_dir, tmp_path):
+    """The model server (nginx in front of gunicorn) started with the environment --async-output
+    writes answers an .npy batch of 20 MB, more than three times the real-time limit, image by image."""
+    import shutil
+
+    import requests
+
+    from image_classifier.launch import async_inference
+    from tests.serving.images import invocation_headers, load_npy, npy, random_batch
+    from tests.serving.servers import start, stop, wait_for_answer
+
+    shutil.copytree(model_dir, tmp_path / "model")
+    process, url, log = start(tmp_path, 1, **async_inference.ENVIRONMENT)
+    try:
+        wait_for_answer(url, process, log, want=200, workers=1)
+        body = npy(random_batch(1600, side=32))
+        assert len(body) > 3 * 6 * 1024 * 1024
+        response = requests.post(f"{url}/invocations", data=body, timeout=600,
+                                 headers=invocation_headers("application/x-npy", "application/x-npy"))
+        assert response.status_code == 200, response.text[:500]
+        assert load_npy(response.content).shape == (1600, 10)
+    finally:
+        stop(process)
