@@ -70,7 +70,8 @@ def invoke(session, headers: dict[str, str], image: Path, input_prefix: str,
         wait: seconds to wait for the answer (default: the request's time in the queue and in the container).
 
     Raises:
-        AsyncFailed: the failure object's text, or no answer within `wait`.
+        AsyncFailed: the failure object's text, no answer within `wait`, or an answer that is not
+            the server's `{"predictions": ...}`.
         ClientError: S3 or InvokeEndpointAsync refused.
     """
     s3 = session.client("s3")
@@ -80,7 +81,11 @@ def invoke(session, headers: dict[str, str], image: Path, input_prefix: str,
     answer = session.client("sagemaker-runtime").invoke_endpoint_async(**request(headers, location, timeout))
     body = wait_for(s3, answer["OutputLocation"], answer.get("FailureLocation"),
                     REQUEST_TTL_SECONDS + timeout if wait is None else wait)
-    return json.loads(body)["predictions"]
+    try:
+        return json.loads(body)["predictions"]
+    except (ValueError, KeyError, TypeError):
+        raise AsyncFailed(f"the output object at {answer['OutputLocation']} is not the model server's JSON "
+                          f"answer ({{\"predictions\": ...}}): {body[:200].decode(errors='replace')}") from None
 
 
 def _exists(s3, uri: str) -> bool:
@@ -101,7 +106,8 @@ def wait_for(s3, output: str, failure: str | None, wait: float, poll: float = PO
         AsyncFailed: the failure object appeared first (its text), or neither within `wait` s.
     """
     started = time.monotonic()
-    with tqdm(total=int(wait), unit="s", desc="waiting for the answer", leave=False) as bar:
+    with tqdm(total=int(wait), desc="waiting for the answer", leave=False,
+              bar_format="{desc}: {bar} {n}/{total} s") as bar:
         while True:
             for uri, failed in ((output, False), (failure, True)):
                 if uri and _exists(s3, uri):
