@@ -119,3 +119,20 @@ def test_monitoring_refusals_send_nothing(received, capsys, args, words):
     assert exit_code(*BASE, "--model-data", MODEL_DATA, *args) == 2
     assert words in capsys.readouterr().err
     assert received() == []
+
+
+def test_a_caller_without_cloudwatch_permissions_still_deletes():
+    """DescribeAlarms and ListDashboards denied: nothing of CloudWatch's is deleted, and no error."""
+    from botocore.stub import Stubber
+
+    from image_classifier.launch import endpoint_extras
+
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_alarms", "AccessDenied", "not authorized to cloudwatch:DescribeAlarms")
+        stub.add_client_error("list_dashboards", "AccessDenied", "not authorized to cloudwatch:ListDashboards")
+        assert endpoint_extras.deletions(client, "ic", ["AllTraffic"]) == []
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_alarms", "Throttling", "slow down")
+        with pytest.raises(client.exceptions.ClientError, match="Throttling"):
+            endpoint_extras.deletions(client, "ic", ["AllTraffic"])
