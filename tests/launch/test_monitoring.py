@@ -136,3 +136,18 @@ def test_a_caller_without_cloudwatch_permissions_still_deletes():
         stub.add_client_error("describe_alarms", "Throttling", "slow down")
         with pytest.raises(client.exceptions.ClientError, match="Throttling"):
             endpoint_extras.deletions(client, "ic", ["AllTraffic"])
+
+
+def test_a_rollback_deletes_the_alarms_and_dashboard_the_run_made(aws):
+    from image_classifier.launch import deploy
+
+    cw = cloudwatch()
+    cw.put_dashboard(DashboardName="ic-rolled", DashboardBody=json.dumps({"widgets": []}))
+    cw.put_metric_alarm(AlarmName="ic-rolled-AllTraffic-5xx-rate", MetricName="Invocation5XXErrors",
+                        Namespace="AWS/SageMaker", Statistic="Average", Period=60, EvaluationPeriods=1,
+                        Threshold=0.05, ComparisonOperator="GreaterThanThreshold")
+    said = deploy.roll_back(boto3.Session(region_name="us-east-1"),
+                            [("alarm", "ic-rolled-AllTraffic-5xx-rate"), ("dashboard", "ic-rolled")])
+    assert "alarm ic-rolled-AllTraffic-5xx-rate" in said and "dashboard ic-rolled" in said
+    assert cw.describe_alarms(AlarmNames=["ic-rolled-AllTraffic-5xx-rate"])["MetricAlarms"] == []
+    assert "ic-rolled" not in [d["DashboardName"] for d in cw.list_dashboards()["DashboardEntries"]]
