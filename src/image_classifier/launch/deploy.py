@@ -214,7 +214,8 @@ def _scaling(args: argparse.Namespace) -> autoscaling.Scaling | None:
         return None
     target = _scaling_target(args)
     if not (math.isfinite(target) and target > 0):
-        raise ValueError(f"--target-invocations must be a number above 0, got {target}")
+        flag = "--target-backlog" if args.async_output else "--target-invocations"
+        raise ValueError(f"{flag} must be a number above 0, got {target}")
     if not args.wait:
         raise ValueError("--autoscale registers the variants once the endpoint is InService: it needs --wait")
     cooldowns = [args.scale_in_cooldown, args.scale_out_cooldown]

@@ -6,6 +6,9 @@ https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndp
 for a serverless one (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints-invoke.html;
 taken as 4 MiB, as the 6 MB are 6 MiB). Only a body over 4 MB costs a DescribeEndpoint, to learn
 whether the endpoint is serverless.
+
+`--async S3_PREFIX` sends to an asynchronous endpoint instead (launch/invoke_async.py): the body,
+up to 1 GB, goes through S3, and the answer is read back from S3 when it is written.
 """
 
 from __future__ import annotations
@@ -143,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"answered by variant {answer.variant}", file=sys.stderr)
     print(format_answer(answer.predictions))
     return 0
-
 
 
 def _main_async(args: argparse.Namespace, session: boto3.Session) -> int:
