@@ -116,13 +116,18 @@ def test_async_refusals_send_nothing(received, capsys, args, words):
     assert received() == []
 
 
-def test_environment_is_the_servers_own_variables():
-    """--async-output's environment parses into the server's settings as 1 GB and an hour."""
+def test_environment_is_the_servers_own_variables(tmp_path):
+    """--async-output's environment parses into the server's settings as 1 GB and an hour, which
+    nginx's body limit and its wait for gunicorn's answer follow."""
     from image_classifier.launch import async_inference
     from image_classifier.sagemaker_env import ServerSettings
+    from image_classifier.serving import front
 
     settings = ServerSettings.from_environ(async_inference.ENVIRONMENT)
     assert settings.max_payload_bytes == 10**9 and settings.model_server_timeout == 3600
+    conf = front.nginx_conf(settings, tmp_path, tmp_path / "gunicorn.sock")
+    assert "client_max_body_size 1000000000;" in conf
+    assert f"proxy_read_timeout {3600 + front.PROXY_MARGIN_SECONDS}s;" in conf
     assert deploy.build_parser().parse_args(["--async-output", "s3://b/o"]).async_output == "s3://b/o"
 
 
