@@ -41,9 +41,10 @@ SCALE_OUT_COOLDOWN = 300
 
 @dataclass(frozen=True)
 class Scaling:
-    """How one variant scales: between `min_capacity` and `max_capacity` instances (at least 1:
-    an instance variant cannot scale to 0), keeping `target_invocations` invocations per
-    instance per minute."""
+    """How one variant scales: between `min_capacity` and `max_capacity` instances (at least 1 for a
+    real-time variant; 0 for an asynchronous one), keeping `target_invocations` invocations per
+    instance per minute (real-time) or `async_inference.TARGET_BACKLOG`-style queued requests per
+    instance (asynchronous: deploy.py passes that target apart)."""
 
     min_capacity: int
     max_capacity: int
@@ -53,19 +54,19 @@ class Scaling:
 
 
 def parse_capacity(text: str) -> tuple[int, int]:
-    """argparse type: `MIN:MAX` instances, 1 <= MIN <= MAX.
+    """argparse type: `MIN:MAX` instances, 0 <= MIN <= MAX (MIN 0 for an asynchronous endpoint only:
+    deploy.py checks that).
 
     Raises:
-        argparse.ArgumentTypeError: not two whole numbers, MIN < 1 or MIN > MAX.
+        argparse.ArgumentTypeError: not two whole numbers, MIN < 0 or MIN > MAX.
     """
     low, _, high = text.partition(":")
     try:
         low_n, high_n = int(low), int(high)
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes MIN:MAX instances, e.g. 1:4, got {text!r}") from None
-    if low_n < 1:
-        raise argparse.ArgumentTypeError(
-            f"MIN must be at least 1 (SageMaker's minimum for an instance-based variant), got {low_n}")
+    if low_n < 0:
+        raise argparse.ArgumentTypeError(f"MIN must be at least 0, got {low_n}")
     if low_n > high_n:
         raise argparse.ArgumentTypeError(f"MIN must not exceed MAX, got {low_n}:{high_n}")
     return low_n, high_n

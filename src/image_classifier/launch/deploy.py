@@ -17,14 +17,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import boto3
 from botocore import xform_name
 from botocore.exceptions import ClientError, WaiterError
 
-from image_classifier.launch import autoscaling, model_packages, variants
+from image_classifier.launch import async_inference, autoscaling, endpoint_extras, model_packages, monitoring, variants
 from image_classifier.launch.common import parse_static, positive_int
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on, one_line
@@ -35,9 +35,11 @@ logger = logging.getLogger(__name__)
 
 # what a dry run records instead of sending, by service
 CREATING = {"sagemaker": ("CreateModel", "CreateEndpointConfig", "CreateEndpoint"),
-            "application-autoscaling": ("RegisterScalableTarget", "PutScalingPolicy")}
+            "application-autoscaling": ("RegisterScalableTarget", "PutScalingPolicy"),
+            "cloudwatch": ("PutMetricAlarm", "PutDashboard")}
 DELETING = {"sagemaker": ("DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"),
-            "application-autoscaling": ("DeregisterScalableTarget",)}
+            "application-autoscaling": ("DeregisterScalableTarget",),
+            "cloudwatch": ("DeleteAlarms", "DeleteDashboards")}
 WAIT_POLL, WAIT_ATTEMPTS = 5, 720  # DescribeEndpoint every 5 s, for up to an hour
 VARIANT = "AllTraffic"  # the one variant of --model-data / --training-job
 INSTANCE_TYPE, INSTANCE_COUNT, STARTUP_TIMEOUT = "ml.m5.large", 1, 600  # instance variants' defaults
@@ -58,6 +60,8 @@ class Plan:
     instance_type: str = INSTANCE_TYPE
     instance_count: int = INSTANCE_COUNT
     startup_timeout: int = STARTUP_TIMEOUT
+    config_extras: dict[str, Any] = field(default_factory=dict)  # AsyncInferenceConfig, DataCaptureConfig
+    asynchronous: async_inference.AsyncOutput | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--scale-out-cooldown", type=int, metavar="S",
                          help=f"seconds after adding instances before adding more (default: "
                               f"{autoscaling.SCALE_OUT_COOLDOWN})")
+    async_inference.add_arguments(parser)
+    monitoring.add_arguments(parser)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="container environment, e.g. MODEL_SERVER_WORKERS=2 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the requests, send nothing")
@@ -159,17 +165,23 @@ def plan(args: argparse.Namespace) -> Plan:
                          "or --variant NAME=SOURCE[:WEIGHT]")
     variants.check_variants(chosen)
     environment = parse_static(args.env)
+    asynchronous = async_inference.check(args)
+    extras = {**async_inference.config(asynchronous), **monitoring.data_capture(args)}
+    monitoring.check_watching(args)
+    if asynchronous:  # what --env sets wins
+        environment = {**async_inference.ENVIRONMENT, **environment}
     if args.serverless:
         _check_serverless(args, chosen)
     scaling = _scaling(args)
     if args.serverless:
-        return Plan(chosen, environment, args.serverless, None)
-    count = args.instance_count or (scaling.min_capacity if scaling else INSTANCE_COUNT)
+        return Plan(chosen, environment, args.serverless, None, config_extras=extras)
+    count = args.instance_count or max(1, scaling.min_capacity if scaling else INSTANCE_COUNT)
     if scaling and not scaling.min_capacity <= count <= scaling.max_capacity:
         raise ValueError(f"--instance-count {count} is outside --autoscale "
                          f"{scaling.min_capacity}:{scaling.max_capacity}: give a count within it, or leave it out")
     timeout = STARTUP_TIMEOUT if args.startup_timeout is None else args.startup_timeout
-    return Plan(chosen, environment, None, scaling, args.instance_type or INSTANCE_TYPE, count, timeout)
+    return replace(Plan(chosen, environment, None, scaling, args.instance_type or INSTANCE_TYPE, count, timeout),
+                   config_extras=extras, asynchronous=asynchronous)
 
 
 def _check_serverless(args: argparse.Namespace, chosen: list[Variant]) -> None:
@@ -195,14 +207,16 @@ def _scaling(args: argparse.Namespace) -> autoscaling.Scaling | None:
     options = [flag for flag, value in (("--target-invocations", args.target_invocations),
                                         ("--scale-in-cooldown", args.scale_in_cooldown),
                                         ("--scale-out-cooldown", args.scale_out_cooldown)) if value is not None]
+    if args.target_backlog is not None:
+        options.append("--target-backlog")
     if not args.autoscale:
         if options:
             raise ValueError(f"{', '.join(options)} only go with --autoscale MIN:MAX")
         return None
-    if args.target_invocations is None:
-        raise ValueError("--autoscale needs --target-invocations N (invocations per instance per minute)")
-    if not (math.isfinite(args.target_invocations) and args.target_invocations > 0):
-        raise ValueError(f"--target-invocations must be a number above 0, got {args.target_invocations}")
+    target = _scaling_target(args)
+    if not (math.isfinite(target) and target > 0):
+        flag = "--target-backlog" if args.async_output else "--target-invocations"
+        raise ValueError(f"{flag} must be a number above 0, got {target}")
     if not args.wait:
         raise ValueError("--autoscale registers the variants once the endpoint is InService: it needs --wait")
     cooldowns = [args.scale_in_cooldown, args.scale_out_cooldown]
@@ -210,7 +224,27 @@ def _scaling(args: argparse.Namespace) -> autoscaling.Scaling | None:
         raise ValueError("cooldowns are seconds >= 0")
     defaults = (autoscaling.SCALE_IN_COOLDOWN, autoscaling.SCALE_OUT_COOLDOWN)
     scale_in, scale_out = (d if c is None else c for c, d in zip(cooldowns, defaults))
-    return autoscaling.Scaling(*args.autoscale, args.target_invocations, scale_in, scale_out)
+    return autoscaling.Scaling(*args.autoscale, target, scale_in, scale_out)
+
+
+def _scaling_target(args: argparse.Namespace) -> float:
+    """What --autoscale keeps each variant at: --target-invocations, or for an asynchronous endpoint
+    --target-backlog (default async_inference.TARGET_BACKLOG).
+
+    Raises:
+        ValueError: the target of the other kind of endpoint, none given, MIN 0 for a real-time endpoint.
+    """
+    if args.async_output:
+        if args.target_invocations is not None:
+            raise ValueError("an asynchronous endpoint scales on its backlog: give --target-backlog N "
+                             "(queued requests per instance), not --target-invocations")
+        return async_inference.TARGET_BACKLOG if args.target_backlog is None else args.target_backlog
+    if args.autoscale[0] < 1:
+        raise ValueError(f"MIN must be at least 1 (SageMaker's minimum for an instance-based variant), got "
+                         f"{args.autoscale[0]}; an asynchronous endpoint (--async-output) may scale to 0")
+    if args.target_invocations is None:
+        raise ValueError("--autoscale needs --target-invocations N (invocations per instance per minute)")
+    return args.target_invocations
 
 
 def _variant(variant: Variant, model: str, chosen: Plan) -> dict[str, Any]:
@@ -238,7 +272,8 @@ def _steps(args: argparse.Namespace, chosen: Plan, model_data: dict[str, str],
                       {"ModelName": model, "PrimaryContainer": container, "ExecutionRoleArn": args.role}))
     steps.append((("endpoint config", config_name), "create_endpoint_config", {
         "EndpointConfigName": config_name,
-        "ProductionVariants": [_variant(v, model, chosen) for v, model in zip(chosen.variants, model_data)]}))
+        "ProductionVariants": [_variant(v, model, chosen) for v, model in zip(chosen.variants, model_data)],
+        **chosen.config_extras}))
     steps.append((("endpoint", args.name), "create_endpoint",
                   {"EndpointName": args.name, "EndpointConfigName": config_name}))
     return steps
@@ -266,8 +301,9 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
     sm = boto_session.client("sagemaker")
     data = [model_data_url(sm, v.source) for v in chosen.variants]
     steps = _steps(args, chosen, dict(zip(models, data)), config_name)
-    scaling = [request for v in chosen.variants
-               for request in autoscaling.requests(args.name, v.name, chosen.scaling)] if chosen.scaling else []
+    extras = [step for v in chosen.variants for step in _scaling_steps(args.name, v.name, chosen)]
+    if args.dashboard:
+        extras += monitoring.requests(args, [v.name for v in chosen.variants], sm.meta.region_name)
     created: list[tuple[str, str]] = []  # (kind, name), oldest first
     try:
         for resource, method, params in steps:
@@ -275,17 +311,25 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
             created.append(resource)
         if args.wait and not dry_run:
             wait_in_service(sm, args.name)
-        client = boto_session.client("application-autoscaling")
-        for operation, params in scaling:
-            getattr(client, xform_name(operation))(**params)
-            if operation == "RegisterScalableTarget":
-                created.append(("scalable target", params["ResourceId"]))
+        endpoint_extras.send(boto_session, extras, created)
     except Exception as exc:
         raise DeployError(f"{one_line(exc)}; {roll_back(boto_session, [] if dry_run else created)}") from exc
     if dry_run:
         return dry_run.params()
     return [{"EndpointName": args.name, "EndpointConfigName": config_name, "ModelNames": models,
-             "ScalableTargets": [name for kind, name in created if kind == "scalable target"]}]
+             "ScalableTargets": [name for kind, name in created if kind == "scalable target"],
+             "Alarms": [name for kind, name in created if kind == "alarm"],
+             "Dashboards": [name for kind, name in created if kind == "dashboard"]}]
+
+
+def _scaling_steps(endpoint: str, variant: str, chosen: Plan) -> list[endpoint_extras.Step]:
+    """The scaling requests of `variant`: on the backlog for an asynchronous endpoint, else on invocations."""
+    if not chosen.scaling:
+        return []
+    if chosen.asynchronous:
+        return async_inference.scaling_requests(endpoint, variant, chosen.scaling, chosen.scaling.target_invocations)
+    return [("application-autoscaling", op, params) for op, params in autoscaling.requests(endpoint, variant,
+                                                                                          chosen.scaling)]
 
 
 def wait_in_service(sm, name: str) -> None:
@@ -306,9 +350,9 @@ def wait_in_service(sm, name: str) -> None:
 
 def roll_back(boto_session: boto3.Session, created: list[tuple[str, str]]) -> str:
     """Delete what a failed run had `created`, newest first; returns what went and what stayed."""
-    sm, scaling = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
+    sm = boto_session.client("sagemaker")
     deleters = {
-        "scalable target": lambda name: scaling.deregister_scalable_target(**autoscaling.target_key(name)),
+        **endpoint_extras.deleters(boto_session),
         "endpoint": lambda name: sm.delete_endpoint(EndpointName=name),
         "endpoint config": lambda name: sm.delete_endpoint_config(EndpointConfigName=name),
         "model": lambda name: sm.delete_model(ModelName=name),
@@ -338,7 +382,10 @@ def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
         v["ModelName"] for name in configs
         for v in sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"]))
     targets = autoscaling.registered(scaling, args.name, [v["VariantName"] for v in variants])
-    steps = [(scaling, "DeregisterScalableTarget", autoscaling.target_key(t)) for t in targets]
+    steps = endpoint_extras.deletions(boto_session.client("cloudwatch"), args.name,
+                                      [v["VariantName"] for v in variants])
+    watching = [name for _, _, params in steps for name in params.get("AlarmNames", params.get("DashboardNames"))]
+    steps += [(scaling, "DeregisterScalableTarget", autoscaling.target_key(t)) for t in targets]
     steps += [(sm, "DeleteEndpoint", {"EndpointName": args.name})]
     steps += [(sm, "DeleteEndpointConfig", {"EndpointConfigName": name}) for name in configs]
     steps += [(sm, "DeleteModel", {"ModelName": model}) for model in models]
@@ -353,7 +400,7 @@ def delete(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
     if dry_run:
         return dry_run.params()
     return [{"EndpointName": args.name, "EndpointConfigName": config_name, "EndpointConfigNames": configs,
-             "ModelNames": models, "ScalableTargets": targets}]
+             "ModelNames": models, "ScalableTargets": targets, "AlarmsAndDashboards": watching}]
 
 
 @exit_on({**LAUNCHER, DeployError: (FAILED, one_line)})

@@ -6,6 +6,9 @@ https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndp
 for a serverless one (https://docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints-invoke.html;
 taken as 4 MiB, as the 6 MB are 6 MiB). Only a body over 4 MB costs a DescribeEndpoint, to learn
 whether the endpoint is serverless.
+
+`--async S3_PREFIX` sends to an asynchronous endpoint instead (launch/invoke_async.py): the body,
+up to 1 GB, goes through S3, and the answer is read back from S3 when it is written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from image_classifier.client import content_type_for, format_answer
+from image_classifier.launch import invoke_async
+from image_classifier.launch.async_inference import INVOCATION_TIMEOUT_SECONDS
 from image_classifier.launch.exit_codes import BOTOCORE_ERROR, CLIENT_ERROR, FAILED, USAGE, exit_on, one_line
 from image_classifier.serving import content_types
 
@@ -107,8 +112,8 @@ def describe_error(exc: ClientError) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
 
 
-@exit_on({PayloadTooLarge: EXIT_PAYLOAD_REFUSED, CLIENT_ERROR: (FAILED, describe_error),
-          BOTOCORE_ERROR: (FAILED, one_line), OSError: FAILED})
+@exit_on({PayloadTooLarge: EXIT_PAYLOAD_REFUSED, ValueError: USAGE, invoke_async.AsyncFailed: FAILED,
+          CLIENT_ERROR: (FAILED, describe_error), BOTOCORE_ERROR: (FAILED, one_line), OSError: FAILED})
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="predict.py", description=__doc__.splitlines()[0],
@@ -120,9 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--target-variant", metavar="NAME",
                         help="send to this production variant, whatever the weights (A/B tests)")
+    parser.add_argument("--async", dest="async_prefix", metavar="S3_PREFIX",
+                        help="an asynchronous endpoint (deploy.py --async-output): upload the body under this S3 "
+                             "prefix, call InvokeEndpointAsync and wait for the answer (bodies up to 1 GB)")
+    parser.add_argument("--invocation-timeout", type=int, default=INVOCATION_TIMEOUT_SECONDS, metavar="S",
+                        help="with --async: seconds the container may take, 1-3600 (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     args = parser.parse_args(argv)
     session = boto3.Session(region_name=args.region)
+    if args.async_prefix:
+        return _main_async(args, session)
     check_payload(args.image, args.endpoint, None if args.dry_run else session.client("sagemaker"))
     if args.dry_run:
         size = args.image.stat().st_size
@@ -135,3 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     print(format_answer(answer.predictions))
     return 0
 
+
+def _main_async(args: argparse.Namespace, session: boto3.Session) -> int:
+    """predict.py --async: the same table as the real-time call, from the output object.
+
+    Raises:
+        ValueError: --target-variant (an asynchronous endpoint has one), a bad prefix or timeout, a body over 1 GB.
+        invoke_async.AsyncFailed: the endpoint wrote a failure, or no answer came.
+    """
+    if args.target_variant:
+        raise ValueError("--target-variant: InvokeEndpointAsync sends to the endpoint's variant, leave it out")
+    if not 1 <= args.invocation_timeout <= INVOCATION_TIMEOUT_SECONDS:
+        raise ValueError(f"--invocation-timeout takes 1-{INVOCATION_TIMEOUT_SECONDS} s, got {args.invocation_timeout}")
+    invoke_async.split_s3(args.async_prefix)
+    invoke_async.check_payload(args.image)
+    headers = headers_for(args.endpoint, args.image, args.top_k, None)
+    if args.dry_run:
+        location = invoke_async.input_location(args.async_prefix, args.image)
+        print(json.dumps({"PutObject": {"Location": location, "Body": f"<{args.image.stat().st_size} bytes of "
+                                                                      f"{args.image}>"},
+                          "InvokeEndpointAsync": invoke_async.request(headers, location, args.invocation_timeout)},
+                         indent=2))
+        return 0
+    predictions = invoke_async.invoke(session, headers, args.image, args.async_prefix, args.invocation_timeout)
+    print(format_answer(predictions))
+    return 0

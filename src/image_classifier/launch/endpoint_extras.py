@@ -1,0 +1,73 @@
+"""What deploy.py adds beside an endpoint (scalable targets and their policies, CloudWatch alarms, the
+dashboard): sent in order and recorded for a rollback, and found again and removed by `--delete`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from botocore import xform_name
+from botocore.exceptions import ClientError
+
+from image_classifier.launch import async_inference, autoscaling, monitoring
+
+logger = logging.getLogger(__name__)
+
+Step = tuple[str, str, dict[str, Any]]  # (service as boto3.client takes it, operation, parameters)
+# what each creating operation leaves behind, as the (kind, name) a rollback deletes
+_CREATES = {"RegisterScalableTarget": ("scalable target", "ResourceId"), "PutMetricAlarm": ("alarm", "AlarmName"),
+            "PutDashboard": ("dashboard", "DashboardName")}
+
+
+def send(boto_session, steps: list[Step], created: list[tuple[str, str]]) -> None:
+    """Send `steps` in order, appending to `created` the (kind, name) of what each one made.
+
+    An alarm whose AlarmActions hold `async_inference.STEP_POLICY_ARN` gets the PolicyARN of the
+    last PutScalingPolicy instead (the step policy it runs: `async_inference.scaling_requests`).
+
+    Raises:
+        ClientError: a request was refused; what came before stays in `created`.
+    """
+    clients: dict[str, Any] = {}
+    policy_arn = async_inference.STEP_POLICY_ARN  # stays the placeholder on a dry run (answers are {})
+    for service, operation, params in steps:
+        client = clients.setdefault(service, boto_session.client(service))
+        if async_inference.STEP_POLICY_ARN in params.get("AlarmActions", []):
+            params = {**params, "AlarmActions": [policy_arn if a == async_inference.STEP_POLICY_ARN else a
+                                                 for a in params["AlarmActions"]]}
+        answer = getattr(client, xform_name(operation))(**params)
+        if operation == "PutScalingPolicy":
+            policy_arn = answer.get("PolicyARN", policy_arn)
+        if operation in _CREATES:
+            kind, key = _CREATES[operation]
+            created.append((kind, params[key]))
+
+
+def deleters(boto_session) -> dict[str, Callable[[str], Any]]:
+    """kind → how a rollback deletes one of that kind by name, for what `send` records."""
+    scaling, cloudwatch = boto_session.client("application-autoscaling"), boto_session.client("cloudwatch")
+    return {
+        "scalable target": lambda name: scaling.deregister_scalable_target(**autoscaling.target_key(name)),
+        "alarm": lambda name: cloudwatch.delete_alarms(AlarmNames=[name]),
+        "dashboard": lambda name: cloudwatch.delete_dashboards(DashboardNames=[name]),
+    }
+
+
+def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any, str, dict[str, Any]]]:
+    """The requests that remove the alarms and the dashboard deploy.py made for `endpoint`, those that
+    exist (none is no error), as (client, operation, parameters): alarms first, as they name the
+    scaling policies that go with the scalable targets after them."""
+    names = [name for v in variants for name in [*monitoring.alarm_names(endpoint, v),
+                                                   async_inference.alarm_name(endpoint, v)]]
+    found = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
+             if a["AlarmName"] in names]
+    steps = [(cloudwatch, "DeleteAlarms", {"AlarmNames": found})] if found else []
+    try:
+        dashboards = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
+    except ClientError as exc:
+        logger.warning("cannot list the dashboards (%s): dashboard %s, if any, is left", exc, endpoint)
+        dashboards = []
+    if endpoint in [d["DashboardName"] for d in dashboards]:
+        steps.append((cloudwatch, "DeleteDashboards", {"DashboardNames": [endpoint]}))
+    return steps
