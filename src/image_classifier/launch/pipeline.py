@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help=f"with --start: a parameter's value for this execution (repeatable); "
                              f"names: {', '.join(PARAMETERS)}")
-    parser.add_argument("--wait", action="store_true",
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
                         help="with --start: wait for the execution with a progress bar; exit 1 unless it succeeds")
     parser.add_argument("--definition-out", default=None, metavar="FILE", help="write the definition JSON here")
     parser.add_argument("--dry-run", action="store_true",
@@ -225,6 +225,10 @@ def _registration_step(args: argparse.Namespace, session, parameters: dict[str, 
 
 def build_pipeline(args: argparse.Namespace, boto_session: boto3.Session):
     """The SDK v3 Pipeline for `args` (a PipelineSession: building it starts no job)."""
+    if boto3.DEFAULT_SESSION is None or not boto3.DEFAULT_SESSION.region_name:
+        # sagemaker.mlops's import makes a client of boto3's default session (sagemaker.ai_registry,
+        # 3.27), which needs a region: give it the launcher's, or --region alone would not do
+        boto3.setup_default_session(region_name=boto_session.region_name)
     from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
     from sagemaker.core.workflow.functions import Join
     from sagemaker.core.workflow.pipeline_context import PipelineSession
