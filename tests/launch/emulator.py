@@ -173,12 +173,15 @@ def describe_pipeline_execution(self: SageMakerResponse) -> ActionResult:
     arn = self._get_param("PipelineExecutionArn")
     execution = get_pipeline_execution_from_arn(self.sagemaker_backend.pipelines, arn)
     answer = _original_describe_pipeline_execution(self).result
-    if arn not in _executions:  # answered `Executing` once: settle it now
+    if arn not in _executions:  # the first answer: `Executing`, no step run yet; the next settles it
+        _executions[arn] = []
+        return ActionResult({**answer, "PipelineExecutionStatus": "Executing"})
+    if not _executions[arn]:
         _executions[arn], failure = _run_pipeline(execution)
         execution.pipeline_execution_status = "Failed" if failure else "Succeeded"
         execution.pipeline_execution_failure_reason = failure
-        return ActionResult({**answer, "PipelineExecutionStatus": "Executing"})
-    return ActionResult({**answer, "FailureReason": execution.pipeline_execution_failure_reason or ""})
+    return ActionResult({**answer, "PipelineExecutionStatus": execution.pipeline_execution_status,
+                         "FailureReason": execution.pipeline_execution_failure_reason or ""})
 
 
 def list_pipeline_execution_steps(self: SageMakerResponse) -> ActionResult:
