@@ -236,7 +236,14 @@ def build_pipeline(args: argparse.Namespace, boto_session: boto3.Session):
     from sagemaker.mlops.workflow.fail_step import FailStep
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
-    session = PipelineSession(boto_session=boto_session)
+    config = None
+    if args.dry_run:  # the SDK's telemetry (a GET to AWS, and sts:GetCallerIdentity) off: a dry run sends nothing
+        from sagemaker.core.config import load_sagemaker_config
+
+        config = load_sagemaker_config()
+        config.setdefault("SchemaVersion", "1.0")
+        config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})["TelemetryOptOut"] = True
+    session = PipelineSession(boto_session=boto_session, sagemaker_config=config)
     parameters = _parameters(args)
     train = _training_step(args, session, parameters)
     register = _registration_step(args, session, parameters, train)
