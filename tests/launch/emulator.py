@@ -28,13 +28,24 @@ with the job's ContentType and Accept, MaxConcurrentTransforms at a time; each a
 to `<S3OutputPath>/<key relative to the input prefix>.out`; then the job is Completed, or Failed
 (with the first error as FailureReason) when any object was not answered with 200, whose `.out`
 is not written.
+
+moto runs no pipeline: its executions are Succeeded at once, and it has no ListPipelineExecutionSteps.
+The emulator adds a run of the definition's shape (API_DescribePipelineExecution,
+API_ListPipelineExecutionSteps): the first DescribePipelineExecution answers `Executing`, then the
+execution settles. Its steps are the definition's top-level steps; a Condition step compares its
+first condition (GreaterThanOrEqualTo) left value, taken as PIPELINE_METRIC (a training job's final metric that the
+emulator does not compute), with its right value (a parameter of the execution, or its default),
+and runs IfSteps or ElseSteps; a Fail step among those makes the execution Failed, with its
+ErrorMessage (Std:Join resolved) as FailureReason.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import boto3
 import requests
@@ -44,6 +55,8 @@ from moto.sagemaker.responses import SageMakerResponse
 
 FAIL_ENV = "EMULATOR_UPDATE_FAILS"
 SERVER_ENV = "EMULATOR_MODEL_SERVER"
+PIPELINE_METRIC = 0.9  # every final metric of a pipeline's training step, as the emulator's condition reads it
+_executions: dict[str, list[dict]] = {}  # pipeline execution ARN → its steps, once settled
 _pending: dict[str, tuple] = {}  # endpoint ARN → (new FakeEndpointConfig, failure reason or None)
 
 
@@ -123,6 +136,60 @@ def _run_transform(job, server: str, emulator: str) -> None:
     job.transform_job_status = "Failed" if errors else "Completed"
 
 
+def _value(value, parameters: dict):
+    """A definition's value: a literal, a parameter (`{"Get": "Parameters.X"}`) or a Std:Join of them."""
+    if isinstance(value, dict) and "Get" in value:
+        return parameters.get(value["Get"].removeprefix("Parameters."), PIPELINE_METRIC)
+    if isinstance(value, dict) and "Std:Join" in value:
+        join = value["Std:Join"]
+        return join["On"].join(str(_value(v, parameters)) for v in join["Values"])
+    return value
+
+
+def _run_pipeline(execution) -> tuple[list[dict], str]:
+    """The steps an execution runs (StepName, StepStatus, FailureReason) and its failure reason, if any."""
+    definition = json.loads(execution.pipeline_definition_for_execution)
+    parameters = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
+    parameters.update({p["Name"]: p["Value"] for p in execution.pipeline_parameters or []})
+    steps, failure = [], ""
+    for step in definition["Steps"]:
+        steps.append({"StepName": step["Name"], "StepStatus": "Succeeded"})
+        if step["Type"] != "Condition":
+            continue
+        condition = step["Arguments"]["Conditions"][0]
+        passed = float(_value(condition["RightValue"], parameters)) <= PIPELINE_METRIC
+        for branch in step["Arguments"]["IfSteps" if passed else "ElseSteps"]:
+            if branch["Type"] == "Fail":
+                failure = str(_value(branch["Arguments"].get("ErrorMessage", ""), parameters))
+                steps.append({"StepName": branch["Name"], "StepStatus": "Failed", "FailureReason": failure})
+            else:
+                steps.append({"StepName": branch["Name"], "StepStatus": "Succeeded"})
+    return steps, failure
+
+
+def describe_pipeline_execution(self: SageMakerResponse) -> ActionResult:
+    from moto.sagemaker.utils import get_pipeline_execution_from_arn
+
+    arn = self._get_param("PipelineExecutionArn")
+    execution = get_pipeline_execution_from_arn(self.sagemaker_backend.pipelines, arn)
+    answer = _original_describe_pipeline_execution(self).result
+    if arn not in _executions:  # the first answer: `Executing`, no step run yet; the next settles it
+        _executions[arn] = []
+        return ActionResult({**answer, "PipelineExecutionStatus": "Executing"})
+    if not _executions[arn]:
+        _executions[arn], failure = _run_pipeline(execution)
+        execution.pipeline_execution_status = "Failed" if failure else "Succeeded"
+        execution.pipeline_execution_failure_reason = failure
+    return ActionResult({**answer, "PipelineExecutionStatus": execution.pipeline_execution_status,
+                         "FailureReason": execution.pipeline_execution_failure_reason or ""})
+
+
+def list_pipeline_execution_steps(self: SageMakerResponse) -> ActionResult:
+    now = datetime.now(timezone.utc)
+    steps = _executions.get(self._get_param("PipelineExecutionArn"), [])
+    return ActionResult({"PipelineExecutionSteps": [{**s, "StartTime": now} for s in reversed(steps)]})
+
+
 def _without_empty_structures(describe):
     def answer(self: SageMakerResponse) -> ActionResult:
         result = describe(self).result
@@ -137,6 +204,9 @@ _original_create_transform_job = SageMakerResponse.create_transform_job
 SageMakerResponse.update_endpoint = update_endpoint
 SageMakerResponse.describe_endpoint = _without_empty_structures(describe_endpoint)
 SageMakerResponse.create_transform_job = create_transform_job
+_original_describe_pipeline_execution = SageMakerResponse.describe_pipeline_execution
+SageMakerResponse.describe_pipeline_execution = describe_pipeline_execution
+SageMakerResponse.list_pipeline_execution_steps = list_pipeline_execution_steps
 
 if __name__ == "__main__":
     from moto.server import main

@@ -21,6 +21,8 @@ FLAGS = {
                            "--traffic", "--rollback"),
     "batch_transform.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--input", "--output",
                            "--results", "--gather", "--model-name"),
+    "pipeline.py": ("--region", "--role", "--dry-run", "--wait", "--no-wait", "--upsert", "--start", "--param",
+                    "--definition-out"),
     "predict.py": ("--region", "--dry-run", "--target-variant"),
     "upload_data.py": ("--region", "--dry-run"),
 }

@@ -1,0 +1,159 @@
+"""scripts/pipeline.py: the definition JSON, upsert and start against the emulator, dry runs, refusals."""
+
+import json
+
+import boto3
+import pytest
+
+from image_classifier.launch import metrics, pipeline
+from image_classifier.serving import content_types
+from tests.launch.common import ROLE, TRAIN_IMAGE
+
+SERVE_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classifier-serve:abc1234"
+ARGS = ["--name", "ic-pipeline", "--role", ROLE, "--train-image", TRAIN_IMAGE, "--serve-image", SERVE_IMAGE,
+        "--data", "s3://ic-data/dogImages/", "--output", "s3://ic-out/jobs/", "--region", "us-east-1"]
+
+
+def run(capsys, *args) -> tuple[int, dict]:
+    code = pipeline.main([*ARGS, *args])
+    out = capsys.readouterr().out
+    start = out.find("{\n")
+    return code, json.loads(out[start: out.index("\n}", start) + 2]) if start >= 0 else {}
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch):
+    """--wait polls at once: the emulator's executions settle on the second DescribePipelineExecution."""
+    monkeypatch.setattr(pipeline, "POLL_SECONDS", 0.0)
+
+
+def sm():
+    return boto3.client("sagemaker", region_name="us-east-1")
+
+
+@pytest.fixture
+def definition(aws, tmp_path, capsys) -> dict:
+    out = tmp_path / "definition.json"
+    code, _ = run(capsys, "--definition-out", str(out), "--metric", "test_f1", "--hyperparameter", "freeze=none")
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def steps_by_name(definition: dict) -> dict:
+    found = {}
+    for step in definition["Steps"]:
+        found[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            found.update({s["Name"]: s for s in step["Arguments"].get(branch, [])})
+    return found
+
+
+def test_definition_parameters(definition):
+    parameters = {p["Name"]: (p["Type"], p["DefaultValue"]) for p in definition["Parameters"]}
+    assert parameters == {
+        "TrainingData": ("String", "s3://ic-data/dogImages"), "Model": ("String", "resnet50"),
+        "Epochs": ("Integer", 5), "LearningRate": ("Float", 0.001), "BatchSize": ("Integer", 32),
+        "TrainingInstanceType": ("String", "ml.g4dn.xlarge"), "TrainingInstanceCount": ("Integer", 1),
+        "MinTestMetric": ("Float", 0.8), "ModelPackageGroupName": ("String", "image-classifier"),
+        "ModelApprovalStatus": ("String", "PendingManualApproval")}
+
+
+def test_definition_training_step(definition):
+    train = steps_by_name(definition)["Train"]
+    assert train["Type"] == "Training"
+    request = train["Arguments"]
+    assert request["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == metrics.metric_definitions()
+    assert request["HyperParameters"] == {
+        "freeze": "none", "model": {"Get": "Parameters.Model"}, "epochs": {"Get": "Parameters.Epochs"},
+        "lr": {"Get": "Parameters.LearningRate"}, "batch-size": {"Get": "Parameters.BatchSize"}}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
+    assert channels == {c: {"Std:Join": {"On": "/", "Values": [{"Get": "Parameters.TrainingData"}, c]}}
+                        for c in ("train", "valid", "test")}
+    assert request["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    assert request["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainingInstanceCount"}
+    assert request["OutputDataConfig"]["S3OutputPath"] == "s3://ic-out/jobs"
+    assert request["RoleArn"] == ROLE
+
+
+def test_definition_condition_registration_and_failure(definition):
+    steps = steps_by_name(definition)
+    check = steps["QualityCheck"]["Arguments"]
+    assert check["Conditions"] == [{"Type": "GreaterThanOrEqualTo",
+                                    "LeftValue": {"Get": "Steps.Train.FinalMetricDataList['test_f1'].Value"},
+                                    "RightValue": {"Get": "Parameters.MinTestMetric"}}]
+    assert [s["Name"] for s in check["IfSteps"]] == ["Register"]
+    assert [s["Name"] for s in check["ElseSteps"]] == ["BelowThreshold"]
+    register = steps["Register"]
+    assert register["Type"] == "RegisterModel"
+    package = register["Arguments"]
+    assert package["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroupName"}
+    assert package["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    spec = package["InferenceSpecification"]
+    assert spec["Containers"][0]["Image"] == SERVE_IMAGE
+    assert spec["Containers"][0]["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert set(spec["SupportedContentTypes"]) >= set(content_types.IMAGE_TYPES)
+    assert spec["SupportedResponseMIMETypes"] == [content_types.JSON]
+    assert spec["SupportedRealtimeInferenceInstanceTypes"] and spec["SupportedTransformInstanceTypes"]
+    assert steps["BelowThreshold"]["Type"] == "Fail"
+
+
+def test_upsert_creates_then_updates_and_start_runs(aws, received, capsys):
+    code, created = run(capsys, "--name", "ic-upsert", "--upsert")
+    assert code == 0 and len(received("CreatePipeline")) == 1 and not received("UpdatePipeline")
+    sent = json.loads(received("CreatePipeline")[0]["body"]["PipelineDefinition"])
+    assert {p["Name"] for p in sent["Parameters"]} == set(pipeline.PARAMETERS)
+    described = sm().describe_pipeline(PipelineName="ic-upsert")
+    assert described["PipelineArn"] == created["PipelineArn"] and described["RoleArn"] == ROLE
+
+    code, updated = run(capsys, "--name", "ic-upsert", "--upsert", "--start", "--param", "Epochs=12",
+                        "--param", "MinTestMetric=0.5", "--wait")
+    assert code == 0 and len(received("UpdatePipeline")) == 1 and updated["PipelineArn"] == created["PipelineArn"]
+    start = received("StartPipelineExecution")[0]["body"]
+    assert start["PipelineParameters"] == [{"Name": "Epochs", "Value": "12"}, {"Name": "MinTestMetric", "Value": "0.5"}]
+    assert len(received("DescribePipelineExecution")) >= 2  # Executing, then Succeeded
+    assert received("ListPipelineExecutionSteps")
+    execution = sm().describe_pipeline_execution(PipelineExecutionArn=updated["PipelineExecutionArn"])
+    assert execution["PipelineExecutionStatus"] == "Succeeded"
+
+
+def test_wait_exits_non_zero_when_the_execution_fails(aws, capsys):
+    # the emulator's training metric is 0.9 (tests/launch/emulator.py): a bar of 0.99 takes the FailStep
+    code, started = run(capsys, "--name", "ic-fails", "--upsert", "--start", "--param", "MinTestMetric=0.99",
+                          "--wait")
+    assert code == pipeline.FAILED
+    execution = sm().describe_pipeline_execution(PipelineExecutionArn=started["PipelineExecutionArn"])
+    assert execution["PipelineExecutionStatus"] == "Failed"
+    steps = sm().list_pipeline_execution_steps(PipelineExecutionArn=started["PipelineExecutionArn"])
+    assert [s["StepName"] for s in steps["PipelineExecutionSteps"] if s["StepStatus"] == "Failed"] == [
+        "BelowThreshold"]
+
+
+def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
+    code, result = run(capsys, "--name", "ic-dry", "--upsert", "--start", "--param", "Epochs=3", "--dry-run")
+    assert code == 0
+    assert [r["operation"] for r in result["requests"]] == ["CreatePipeline", "StartPipelineExecution"]
+    assert result["requests"][1]["PipelineParameters"] == [{"Name": "Epochs", "Value": "3"}]
+    assert json.loads(result["requests"][0]["PipelineDefinition"])["Steps"][0]["Name"] == "Train"
+    # a dry run reads (DescribePipeline: create or update), changes nothing
+    assert [r["operation"] for r in received()] == ["DescribePipeline"]
+    assert "ic-dry" not in [p["PipelineName"] for p in sm().list_pipelines()["PipelineSummaries"]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--upsert", "--name", "bad_name"], "pipeline name"),
+    (["--upsert", "--role", "SageMakerRole"], "--role takes an IAM role ARN"),
+    (["--upsert", "--data", "/local/data"], "--data takes an S3 URI"),
+    (["--upsert", "--output", "ic-out"], "--output takes an S3 URI"),
+    (["--start", "--param", "Epochs"], "--param takes NAME=VALUE"),
+    (["--start", "--param", "Epoch=3"], "--param takes NAME=VALUE"),
+    (["--start", "--param", "Epochs=three"], "pipeline Integer"),
+    (["--start", "--param", "ModelApprovalStatus=Yes"], "ModelApprovalStatus takes one of"),
+    (["--upsert", "--param", "Epochs=3"], "go with --start"),
+    (["--upsert", "--hyperparameter", "epochs=3"], "--param Epochs="),
+    ([], "nothing to do"),
+])
+def test_bad_arguments_refused_before_any_call(aws, received, capsys, args, words):
+    code = pipeline.main([*ARGS, *args])
+    assert code == 2 and words in capsys.readouterr().err
+    assert received() == []
