@@ -31,6 +31,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from image_classifier.launch import metrics
+from image_classifier.launch.model_packages import APPROVED, PENDING, REJECTED
+from image_classifier.launch.registry import REALTIME_INSTANCE_TYPES, TRANSFORM_INSTANCE_TYPES
 from image_classifier.launch.common import parse_static, positive_int
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
@@ -47,15 +49,9 @@ POLL_SECONDS = 30.0
 # PipelineName's pattern in botocore's service model (CreatePipeline)
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
 ROLE_PATTERN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")  # RoleArn's, same source
-APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")  # ModelApprovalStatus at registration
+APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)  # ModelApprovalStatus at registration
 # the final metrics the condition may check: those the training job logs after testing, higher is better
 QUALITY_METRICS = tuple(m for m in metrics.FINAL_METRICS if m != "test_loss")
-
-# TODO(lead): one copy with launch/registry.py
-INFERENCE_INSTANCE_TYPES = ("ml.m5.large", "ml.c5.xlarge", "ml.g4dn.xlarge")  # real-time endpoints
-TRANSFORM_INSTANCE_TYPES = ("ml.m5.large", "ml.c5.xlarge")  # batch transform
-RESPONSE_TYPES = (content_types.JSON,)  # what the server answers (serving/codec.py encodes JSON)
-REQUEST_TYPES = (*content_types.IMAGE_TYPES, content_types.NPY)  # what the server decodes
 
 
 def _default(field: str):
@@ -212,14 +208,14 @@ def _registration_step(args: argparse.Namespace, session, parameters: dict[str, 
 
     builder = ModelBuilder(image_uri=args.serve_image, role_arn=args.role, sagemaker_session=session,
                            s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
-                           instance_type=INFERENCE_INSTANCE_TYPES[0])
+                           instance_type=REALTIME_INSTANCE_TYPES[0])
     # ModelBuilder.register asks for a bucket to upload inference code to, which a BYOC model has none of;
     # without one it calls STS and creates SageMaker's default bucket. The output bucket answers it: nothing goes there.
     builder.bucket = args.output[len("s3://"):].split("/", 1)[0]
     return ModelStep(name="Register", step_args=builder.register(
         model_package_group_name=parameters["ModelPackageGroupName"],
-        content_types=list(REQUEST_TYPES), response_types=list(RESPONSE_TYPES),
-        inference_instances=list(INFERENCE_INSTANCE_TYPES), transform_instances=list(TRANSFORM_INSTANCE_TYPES),
+        content_types=list(content_types.REQUEST_TYPES), response_types=list(content_types.RESPONSE_TYPES),
+        inference_instances=list(REALTIME_INSTANCE_TYPES), transform_instances=list(TRANSFORM_INSTANCE_TYPES),
         approval_status=parameters["ModelApprovalStatus"]))
 
 
