@@ -201,10 +201,15 @@ def page(result: dict[str, Any], pairs: dict[str, tuple[np.ndarray, np.ndarray]]
                   [[label_of(r["class_name"]), f"{r['reference_share']:.4f}", f"{r['observed_share']:.4f}",
                     f"{r['psi']:.4f}"] for r in per_class])
     for key, name, unit in FIGURES:
-        if result[key]:
-            out.heading(name.capitalize())
-            out.plot(f"drift_{key}", plots.distribution(name, unit, *pairs[key], result[key]),
-                     f"The {name} of the test channel's images (blue) and of the endpoint's (orange).")
+        if not result[key]:
+            continue
+        out.heading(name.capitalize())
+        tested, sent = pairs[key]
+        if len(set(tested.tolist()) | set(sent.tolist())) == 1:  # nothing to draw: one value throughout
+            out.text(f"Every image on both sides has {name} {tested[0]:g} ({unit}).")
+            continue
+        out.plot(f"drift_{key}", plots.distribution(name, unit, tested, sent, result[key]),
+                 f"The {name} of the test channel's images (blue) and of the endpoint's (orange).")
     _calibration(out, result, reference)
     return out
 
