@@ -224,6 +224,22 @@ def test_bad_capture_files_are_refused_with_the_file_and_line(evaluation, tmp_pa
     assert f"{folder / 'a.jsonl'}:3" in err and not (tmp_path / "drift.html").exists()
 
 
+def test_refused_requests_are_left_out_and_overlays_count_for_their_pixels_only(evaluation, tmp_path, capsys):
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 200)
+    lines = write_capture(tmp_path / "capture", images, answers(targets, seed=8))
+    refused, overlay = json.loads(lines[0]), json.loads(lines[1])
+    refused["captureData"]["endpointOutput"]["data"] = json.dumps({"error": "image refused: over the limit"})
+    overlay["captureData"]["endpointOutput"] = {"observedContentType": content_types.PNG, "mode": "OUTPUT",
+                                                "data": base64.b64encode(png(images[1])).decode(),
+                                                "encoding": "BASE64"}
+    file = next((tmp_path / "capture").rglob("*.jsonl"))
+    file.write_text("\n".join([json.dumps(refused), json.dumps(overlay), *lines[2:]]) + "\n")
+    assert run(capsys, "--capture", str(tmp_path / "capture"), "--report", str(evaluation),
+               "--out", str(tmp_path / "drift.html"), "--json", str(tmp_path / "drift.json"))[0] == 0
+    captured = json.loads((tmp_path / "drift.json").read_text())["capture"]
+    assert captured == {"files": 1, "records": 200, "refused": 1, "images": 199, "predictions": 198, "measured": 199}
+
+
 def test_a_missing_report_or_capture_is_refused(evaluation, tmp_path, capsys):
     images, targets = photos(datasets.FASHION_MNIST_TRAIN, 3)
     write_capture(tmp_path / "capture", images, answers(targets, seed=6))

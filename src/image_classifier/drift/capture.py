@@ -94,8 +94,11 @@ def _images(part: dict, where: str) -> list[dict | None]:
 
 
 def _predictions(part: dict, where: str) -> list[tuple[int, float]] | None:
-    """Per image of the response: (top-1 class id, its probability); None for the server's error."""
+    """Per image of the response: (top-1 class id, its probability); [] for a Grad-CAM overlay, None
+    for the server's error answer."""
     body, kind = _payload(part, where, "endpointOutput"), content_types.base_type(part.get("observedContentType"))
+    if kind == content_types.PNG:
+        return []  # an explanation's overlay (Accept: image/png): no probabilities in it
     try:
         if kind == content_types.NPY:
             rows = np.atleast_2d(np.load(io.BytesIO(body), allow_pickle=False))
