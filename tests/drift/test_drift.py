@@ -193,6 +193,16 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     figures = json.loads((tmp_path / "drift.json").read_text())
     assert figures["capture"]["files"] == 3 and figures["capture"]["images"] == 300  # notes.txt is no capture
     assert figures["verdict"] == "drift" and figures["class_mix"]["verdict"] == "drift"
+    # the report's metrics.json in S3 (as registered beside a model), baseline.json beside it
+    for name in (report.METRICS_FILE, baseline.BASELINE_FILE):
+        s3.upload_file(str(evaluation / REPORT_DIR / name), "ic-capture", f"models/ic-job-1/{name}")
+    assert run(capsys, "--capture", "s3://ic-capture/datacapture", "--report", "s3://ic-capture/models/ic-job-1/"
+               "metrics.json", "--out", str(tmp_path / "again.html"), "--json", str(tmp_path / "again.json"))[0] == 0
+    assert json.loads((tmp_path / "again.json").read_text())["class_mix"] == figures["class_mix"]
+    s3.delete_object(Bucket="ic-capture", Key=f"models/ic-job-1/{baseline.BASELINE_FILE}")
+    code, _, err = run(capsys, "--capture", "s3://ic-capture/datacapture", "--report",
+                       "s3://ic-capture/models/ic-job-1/metrics.json", "--out", str(tmp_path / "none.html"))
+    assert code == 1 and "has no baseline.json" in err
     code, _, err = run(capsys, "--capture", "s3://ic-capture/nothing-here", "--report",
                        "s3://ic-capture/jobs/ic-job-1/", "--out", str(tmp_path / "none.html"))
     assert code == 1 and "no .jsonl capture files under s3://ic-capture/nothing-here" in err
