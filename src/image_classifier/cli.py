@@ -1,4 +1,4 @@
-"""The `image-classifier` command: prepare-data, download-weights, predict, transform, demo, report, tune."""
+"""The `image-classifier` command: prepare-data, download-weights, predict, transform, demo, report, tune, drift."""
 
 from __future__ import annotations
 
@@ -98,6 +98,12 @@ def _report(args: argparse.Namespace) -> int:
     from image_classifier.reports import main as rebuild_reports
 
     return rebuild_reports(args.source, args.out)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from image_classifier.drift.report import main as drift_report
+
+    return drift_report(args.capture, args.report, args.out, args.json, args.labels)
 
 
 @exit_on({ValueError: USAGE, OSError: USAGE})
@@ -242,12 +248,32 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_tune)
 
 
+def _add_drift(sub: argparse._SubParsersAction) -> None:
+    """`drift`: an endpoint's captured traffic against the test channel (`drift.report`)."""
+    p = sub.add_parser("drift", help="compare what an endpoint saw (SageMaker data capture) with the test channel "
+                                     "of the training job's evaluation report: class mix, confidence, calibration, "
+                                     "image size and brightness; a page, JSON and a verdict")
+    p.add_argument("--capture", required=True, metavar="S3_PREFIX_OR_DIR",
+                   help="the captured .jsonl files: s3://BUCKET/PREFIX (every file below it, e.g. "
+                        "DESTINATION/ENDPOINT/VARIANT/2026/12) or a local folder or file")
+    p.add_argument("--report", required=True, metavar="SOURCE",
+                   help="the evaluation report: its metrics.json (with baseline.json beside it), its folder, the "
+                        "job's output folder or output.tar.gz, or s3://.../JOB/ (its output/output.tar.gz)")
+    p.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                   help="true classes of captured requests, JSON Lines in Model Monitor's ground-truth format "
+                        "(groundTruthData.data, eventMetadata.eventId): adds accuracy and calibration")
+    p.add_argument("--out", type=Path, default=Path("drift.html"), help="the page (default: %(default)s); "
+                                                                        "its PNGs go beside it")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    p.set_defaults(func=_drift)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `image-classifier` parser: one subcommand each, its handler in `func` (see `main`)."""
     parser = argparse.ArgumentParser(prog="image-classifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_prepare_data, _add_download_weights, _add_predict, _add_transform, _add_demo, _add_report,
-                _add_tune):
+                _add_tune, _add_drift):
         add(sub)
     return parser
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from image_classifier import artifacts, explain, local, models
-from image_classifier.evaluation import REPORT_DIR
+from image_classifier.evaluation import REPORT_DIR, baseline
 from image_classifier.evaluation import report as evaluation_report
 from image_classifier.images import open_image
 from image_classifier.launch.metrics import metric_regex
@@ -298,6 +299,14 @@ def test_the_report_is_written_and_a_failed_one_does_not_fail_the_job(test_pass,
                             _untrained_state(classes), torch.device("cpu"))
     written = json.loads((env.output_data_dir / REPORT_DIR / evaluation_report.METRICS_FILE).read_text())
     assert written["images"] == 24 and sum(r["support"] for r in written["per_class"]) == 24
+    # baseline.json, for image-classifier drift: each test image's prediction, as read from its file
+    figures = json.loads((env.output_data_dir / REPORT_DIR / baseline.BASELINE_FILE).read_text())
+    probabilities, _, indices = evaluation.gathered(loader, outputs)
+    assert figures["predicted"] == probabilities.argmax(axis=1).tolist()
+    paths = [path for path, _ in loader.dataset.samples]
+    with Image.open(paths[indices[5]]) as digit:
+        assert (figures["width"][5], figures["height"][5]) == digit.size
+        assert figures["brightness"][5] == pytest.approx(np.asarray(digit.convert("L")).mean(), abs=0.01)
 
     def broken(*args, **kwargs):
         raise RuntimeError("matplotlib is broken")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from image_classifier.artifacts import label_of
 from image_classifier.evaluation import metrics, plots
+from image_classifier.evaluation.baseline import BASELINE_FILE
 from image_classifier.html_page import Page
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ PICTURES = ("reliability", "confusion_matrix", "predictions")  # each saved as <
 
 def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class_names: list[str], channel: str,
           image: Callable[[int], Image.Image], overlays: plots.Overlays | None = None,
-          top_k: int = metrics.TOP_K, precisions: dict[str, dict] | None = None) -> dict[str, Any]:
+          top_k: int = metrics.TOP_K, precisions: dict[str, dict] | None = None,
+          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the report of the predictions into `directory`, replacing any report there.
 
     The files are written into a new folder beside it, which then takes its place: a failure
@@ -46,6 +48,8 @@ def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class
         precisions: the exported model's figures per precision (`metrics.precision_row`),
             on the same images; metrics.json holds them under `precisions` ({} when None) and
             the page shows a table of them when there are any.
+        baseline: the channel's per-image figures (`baseline.figures`), written to
+            baseline.json for `image-classifier drift`; None: no baseline.json.
 
     Returns:
         the figures, as metrics.json holds them (`metrics.summarize`, and `precisions`).
@@ -56,6 +60,8 @@ def write(directory: Path, probabilities: np.ndarray, targets: np.ndarray, class
     staging.mkdir(parents=True)
     try:
         (staging / METRICS_FILE).write_text(_to_json(summary))
+        if baseline is not None:
+            (staging / BASELINE_FILE).write_text(json.dumps(baseline, separators=(",", ":")))
         _page(summary, probabilities, targets, image, overlays).save(staging / REPORT_FILE)
         _replace(directory, staging)
     except BaseException:

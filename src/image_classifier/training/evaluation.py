@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from image_classifier import artifacts, runtime
-from image_classifier.evaluation import REPORT_DIR, plots
+from image_classifier.evaluation import REPORT_DIR, baseline, plots
 from image_classifier.evaluation import report as evaluation_report
 from image_classifier.evaluation.metrics import format_table, macro_f1, precision_row
 from image_classifier.images import open_image
@@ -165,7 +165,8 @@ def write_report(env: SageMakerEnv, spec: artifacts.ModelSpec, channel: str, loa
                  exported: Path | None = None) -> None:
     """The evaluation report of the model (`spec`, `state_dict`) on `channel`, in output/data/evaluation
     (rank 0), its grid with Grad-CAM overlays (`gradcam_overlays`), and with `exported` (the
-    folder of `export.export`) a row per precision of the exported models (`measure_precisions`).
+    folder of `export.export`) a row per precision of the exported models (`measure_precisions`);
+    baseline.json holds each image's prediction, size and brightness (`baseline.figures`).
 
     `predictions`: the channel's (probabilities, targets, dataset indices) from `gathered`.
     A report that fails is logged, not raised: the model artifacts are written already, and
@@ -179,9 +180,10 @@ def write_report(env: SageMakerEnv, spec: artifacts.ModelSpec, channel: str, loa
         paths, view = sample_paths(env, channel, loader, spec.class_names), eval_view(spec.image_size)
         precisions = _precisions_or_none(exported, spec, channel, [paths[i] for i in indices], targets)
         overlays = gradcam_overlays(spec, state_dict, probabilities, device)
+        figures = baseline.figures(probabilities, (open_image(paths[i]) for i in indices))  # for drift reports
         summary = evaluation_report.write(directory, probabilities, targets, spec.class_names, channel,
                                           lambda row: view(open_image(paths[indices[row]])), overlays,
-                                          precisions=precisions)
+                                          precisions=precisions, baseline=figures)
     except Exception:
         logger.exception("the evaluation report could not be written (the model artifacts were)")
         return
