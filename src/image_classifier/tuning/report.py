@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -18,6 +19,7 @@ TRIALS_CSV = "trials.csv"
 TRIALS_TABLE = "trials.txt"
 BEST_FILE = "best_hyperparameters.json"
 PLOTS_DIR = "plots"
+PLOTLY_JS = "plotly.min.js"  # the name plotly's include_plotlyjs="directory" pages load
 # plot name → the function's name in both optuna.visualization (plotly) and its matplotlib twin
 PLOTS = {"optimization_history": "plot_optimization_history",
          "param_importances": "plot_param_importances",
@@ -69,7 +71,8 @@ def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
 def write_plots(study: optuna.Study, directory: Path, objective: str) -> list[Path]:
     """Optimisation history, parameter importances and learning curves: PNG (matplotlib) and HTML (plotly).
 
-    The HTML files share one `plotly.min.js` in `directory` (they open offline). Without a
+    The HTML files share one `plotly.min.js` in `directory` (they open offline). Every file is written
+    whole and renamed into place: workers of one study may write the same folder at once. Without a
     completed trial there are none; a plot Optuna cannot draw yet is left out, with a warning.
 
     Returns:
@@ -98,15 +101,24 @@ def write_plots(study: optuna.Study, directory: Path, objective: str) -> list[Pa
             logger.warning("no %s plot: %s", name, exc)
             continue
         png, page = directory / f"{name}.png", directory / f"{name}.html"
-        axes.figure.savefig(png, dpi=100, bbox_inches="tight")
+        image = io.BytesIO()
+        axes.figure.savefig(image, format="png", dpi=100, bbox_inches="tight")
         plt.close(axes.figure)
-        figure.write_html(page, include_plotlyjs="directory")
+        artifacts.atomic_write_bytes(png, image.getvalue())
+        artifacts.atomic_write_bytes(page, figure.to_html(include_plotlyjs="directory").encode())
         written += [png, page]
+    if written and not (directory / PLOTLY_JS).is_file():
+        from plotly.offline import get_plotlyjs
+
+        artifacts.atomic_write_bytes(directory / PLOTLY_JS, get_plotlyjs().encode())
     return written
 
 
 def write_outputs(study: optuna.Study, output: Path, objective: str) -> dict[str, Any]:
     """Write trials.csv, trials.txt, best_hyperparameters.json (when a trial completed) and the plots.
+
+    Each file is written whole and renamed into place (`artifacts.atomic_write_bytes`): the workers
+    of a study shared through a database may write one output folder at the same time.
 
     Returns:
         `{"table": the printed table, "best": best_hyperparameters or None, "files": [paths written]}`.
@@ -114,7 +126,7 @@ def write_outputs(study: optuna.Study, output: Path, objective: str) -> dict[str
     output.mkdir(parents=True, exist_ok=True)
     table = format_table(study.trials, objective)
     artifacts.atomic_write_bytes(output / TRIALS_TABLE, (table + "\n").encode())
-    study.trials_dataframe().to_csv(output / TRIALS_CSV, index=False)
+    artifacts.atomic_write_bytes(output / TRIALS_CSV, study.trials_dataframe().to_csv(index=False).encode())
     files = [output / TRIALS_TABLE, output / TRIALS_CSV]
     try:
         best = best_hyperparameters(study, objective)
