@@ -104,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
 @exit_on({ValueError: USAGE, OSError: USAGE})
 def _tune(args: argparse.Namespace) -> int:
     from image_classifier.launch.common import parse_static
-    from image_classifier.tuning.report import BEST_FILE
+    from image_classifier.tuning.report import BEST_FILE, best_trial
     from image_classifier.tuning.study import tune
 
     ranges = args.search_space
@@ -118,7 +118,7 @@ def _tune(args: argparse.Namespace) -> int:
     print(outputs["table"])
     best = outputs["best"]
     if best is not None:
-        attrs = study.best_trial.user_attrs
+        attrs = best_trial(study).user_attrs
         elsewhere = f" on {attrs['host']}" if attrs.get("host", socket.gethostname()) != socket.gethostname() else ""
         print(f"best: {best['training_job']} {best['objective']}={best['objective_value']:.6g}; "
               f"hyperparameters in {args.output / BEST_FILE}, model in {attrs['trial_dir']}/model{elsewhere}")

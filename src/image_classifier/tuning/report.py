@@ -51,18 +51,31 @@ def format_table(trials: list[optuna.trial.FrozenTrial], objective: str) -> str:
     return "\n".join(rows + failures)
 
 
-def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
-    """The best trial's hyperparameters, static and tuned, in the cloud tuner's best_hyperparameters.json form.
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The completed trial with the best value; of equal values, the lowest-numbered (the first to reach it).
 
-    `tuning_job` is the study's name and `training_job` the best trial's job name.
+    Optuna's `study.best_trial` leaves ties to the database's row order, so workers sharing a study
+    could each name another trial; this one names the same trial in every worker.
 
     Raises:
         ValueError: no trial of the study completed.
     """
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ValueError(f"study {study.study_name} has no completed trial") from None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"study {study.study_name} has no completed trial")
+    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+    return min(complete, key=lambda t: (sign * t.value, t.number))
+
+
+def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
+    """The best trial's hyperparameters, static and tuned, in the cloud tuner's best_hyperparameters.json form.
+
+    `tuning_job` is the study's name and `training_job` the best trial's job name (`best_trial`).
+
+    Raises:
+        ValueError: no trial of the study completed.
+    """
+    best = best_trial(study)
     hyperparameters = best.user_attrs.get("hyperparameters") or {k: str(v) for k, v in best.params.items()}
     return {"tuning_job": study.study_name, "training_job": best.user_attrs.get("training_job", str(best.number)),
             "objective": objective, "objective_value": best.value, "hyperparameters": hyperparameters}

@@ -108,7 +108,8 @@ def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorag
     sqlite = parsed.get_backend_name() == "sqlite"
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if sqlite else {}
     try:
-        with schema_lock(parsed):
+        with schema_lock(parsed), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=HEARTBEAT_SECONDS)
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
