@@ -133,3 +133,15 @@ def test_two_tune_processes_share_one_study(tiny_tree, tmp_path, postgres_url):
     assert best_lines[0].split(";")[0] == best_lines[1].split(";")[0]
     for out in outputs:
         assert (out / report.TRIALS_TABLE).read_text().count(" COMPLETE ") == 4
+
+
+def test_the_summary_names_the_machine_that_holds_the_best_model(tmp_path, monkeypatch, capsys):
+    study = optuna.create_study(direction="maximize", study_name="shared")
+    for number, host in enumerate(("worker-1", "worker-2")):
+        study.add_trial(optuna.trial.create_trial(value=0.5 * (number + 1), user_attrs={
+            "training_job": f"shared-{number:03d}", "trial_dir": f"/srv/tuning/trials/shared-{number:03d}",
+            "host": host, "hyperparameters": {}}))
+    monkeypatch.setattr(study_module, "tune", lambda *args, **kwargs: (
+        study, {"table": "", "best": report.best_hyperparameters(study, "valid_accuracy")}, False))
+    assert cli.main(["tune", "--data", str(tmp_path), "--output", str(tmp_path)]) == 0
+    assert "model in /srv/tuning/trials/shared-001/model on worker-2" in capsys.readouterr().out
