@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def _drift(args: argparse.Namespace) -> int:
 @exit_on({ValueError: USAGE, OSError: USAGE})
 def _tune(args: argparse.Namespace) -> int:
     from image_classifier.launch.common import parse_static
-    from image_classifier.tuning.report import BEST_FILE
+    from image_classifier.tuning.report import BEST_FILE, best_trial
     from image_classifier.tuning.study import tune
 
     ranges = args.search_space
@@ -119,13 +120,14 @@ def _tune(args: argparse.Namespace) -> int:
         args.data, args.output, parse_static(args.hyperparameter), objective=args.objective,
         max_trials=args.max_trials, parallel=args.parallel, pruner=args.pruner,
         include_model=args.include_model, search_space_json=ranges, storage=args.storage,
-        study_name=args.study_name, seed=args.seed)
+        study_name=args.study_name, seed=args.seed, wait_for_workers=args.wait)
     print(outputs["table"])
     best = outputs["best"]
     if best is not None:
-        trial_dir = study.best_trial.user_attrs["trial_dir"]
+        attrs = best_trial(study).user_attrs
+        elsewhere = f" on {attrs['host']}" if attrs.get("host", socket.gethostname()) != socket.gethostname() else ""
         print(f"best: {best['training_job']} {best['objective']}={best['objective_value']:.6g}; "
-              f"hyperparameters in {args.output / BEST_FILE}, model in {trial_dir}/model")
+              f"hyperparameters in {args.output / BEST_FILE}, model in {attrs['trial_dir']}/model{elsewhere}")
     print(f"study {study.study_name}: table, trials.csv and plots/ in {args.output}")
     return INTERRUPTED if interrupted else 0 if best is not None else FAILED
 
@@ -228,7 +230,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=Path("tuning"),
                    help="study database, trials/<training job>/ (each an /opt/ml tree), table, "
                         "best_hyperparameters.json, plots/ (default: ./tuning)")
-    p.add_argument("--max-trials", type=int, default=8, help="trials this command runs (default: %(default)s)")
+    p.add_argument("--max-trials", type=int, default=8,
+                   help="trials this command runs; workers sharing a study through --storage each run this "
+                        "many, and the study gets the sum (default: %(default)s)")
     p.add_argument("--parallel", type=int, default=2, help="training jobs at a time (default: %(default)s)")
     p.add_argument("--objective", default="valid_accuracy", choices=tuple(metrics.OBJECTIVES))
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS,
@@ -239,8 +243,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="ranges that override or add to the defaults: JSON text, or a file holding it")
     p.add_argument("--include-model", action="store_true", help="tune the model too (all of the registry)")
     p.add_argument("--storage", default=None,
-                   help="Optuna storage URL, e.g. postgresql://user:pass@host/db to share a study between "
-                        "machines (default: sqlite:///OUTPUT/study.db)")
+                   help="Optuna storage (an SQLAlchemy database URL), e.g. "
+                        "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB to share a study between workers "
+                        "on several machines, each started with the same --storage and --study-name "
+                        "(default: sqlite:///OUTPUT/study.db)")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="once its own trials ended, wait for the trials other workers of the study still run, "
+                        "so that every worker reports the whole study; a worker whose trial heartbeat "
+                        "stopped counts as dead and its trials FAIL (default: wait)")
     p.add_argument("--study-name", default=None,
                    help="continue this study if the storage has it, else create it (default: ic-local-<time>)")
     p.add_argument("--seed", type=int, default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -18,6 +19,7 @@ TRIALS_CSV = "trials.csv"
 TRIALS_TABLE = "trials.txt"
 BEST_FILE = "best_hyperparameters.json"
 PLOTS_DIR = "plots"
+PLOTLY_JS = "plotly.min.js"  # the name plotly's include_plotlyjs="directory" pages load
 # plot name → the function's name in both optuna.visualization (plotly) and its matplotlib twin
 PLOTS = {"optimization_history": "plot_optimization_history",
          "param_importances": "plot_param_importances",
@@ -49,18 +51,31 @@ def format_table(trials: list[optuna.trial.FrozenTrial], objective: str) -> str:
     return "\n".join(rows + failures)
 
 
-def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
-    """The best trial's hyperparameters, static and tuned, in the cloud tuner's best_hyperparameters.json form.
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The completed trial with the best value; of equal values, the lowest-numbered (the first to reach it).
 
-    `tuning_job` is the study's name and `training_job` the best trial's job name.
+    Optuna's `study.best_trial` leaves ties to the database's row order, so workers sharing a study
+    could each name another trial; this one names the same trial in every worker.
 
     Raises:
         ValueError: no trial of the study completed.
     """
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ValueError(f"study {study.study_name} has no completed trial") from None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"study {study.study_name} has no completed trial")
+    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+    return min(complete, key=lambda t: (sign * t.value, t.number))
+
+
+def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
+    """The best trial's hyperparameters, static and tuned, in the cloud tuner's best_hyperparameters.json form.
+
+    `tuning_job` is the study's name and `training_job` the best trial's job name (`best_trial`).
+
+    Raises:
+        ValueError: no trial of the study completed.
+    """
+    best = best_trial(study)
     hyperparameters = best.user_attrs.get("hyperparameters") or {k: str(v) for k, v in best.params.items()}
     return {"tuning_job": study.study_name, "training_job": best.user_attrs.get("training_job", str(best.number)),
             "objective": objective, "objective_value": best.value, "hyperparameters": hyperparameters}
@@ -69,7 +84,8 @@ def best_hyperparameters(study: optuna.Study, objective: str) -> dict[str, Any]:
 def write_plots(study: optuna.Study, directory: Path, objective: str) -> list[Path]:
     """Optimisation history, parameter importances and learning curves: PNG (matplotlib) and HTML (plotly).
 
-    The HTML files share one `plotly.min.js` in `directory` (they open offline). Without a
+    The HTML files share one `plotly.min.js` in `directory` (they open offline). Every file is written
+    whole and renamed into place: workers of one study may write the same folder at once. Without a
     completed trial there are none; a plot Optuna cannot draw yet is left out, with a warning.
 
     Returns:
@@ -98,15 +114,24 @@ def write_plots(study: optuna.Study, directory: Path, objective: str) -> list[Pa
             logger.warning("no %s plot: %s", name, exc)
             continue
         png, page = directory / f"{name}.png", directory / f"{name}.html"
-        axes.figure.savefig(png, dpi=100, bbox_inches="tight")
+        image = io.BytesIO()
+        axes.figure.savefig(image, format="png", dpi=100, bbox_inches="tight")
         plt.close(axes.figure)
-        figure.write_html(page, include_plotlyjs="directory")
+        artifacts.atomic_write_bytes(png, image.getvalue())
+        artifacts.atomic_write_bytes(page, figure.to_html(include_plotlyjs="directory").encode())
         written += [png, page]
+    if written and not (directory / PLOTLY_JS).is_file():
+        from plotly.offline import get_plotlyjs
+
+        artifacts.atomic_write_bytes(directory / PLOTLY_JS, get_plotlyjs().encode())
     return written
 
 
 def write_outputs(study: optuna.Study, output: Path, objective: str) -> dict[str, Any]:
     """Write trials.csv, trials.txt, best_hyperparameters.json (when a trial completed) and the plots.
+
+    Each file is written whole and renamed into place (`artifacts.atomic_write_bytes`): the workers
+    of a study shared through a database may write one output folder at the same time.
 
     Returns:
         `{"table": the printed table, "best": best_hyperparameters or None, "files": [paths written]}`.
@@ -114,7 +139,7 @@ def write_outputs(study: optuna.Study, output: Path, objective: str) -> dict[str
     output.mkdir(parents=True, exist_ok=True)
     table = format_table(study.trials, objective)
     artifacts.atomic_write_bytes(output / TRIALS_TABLE, (table + "\n").encode())
-    study.trials_dataframe().to_csv(output / TRIALS_CSV, index=False)
+    artifacts.atomic_write_bytes(output / TRIALS_CSV, study.trials_dataframe().to_csv(index=False).encode())
     files = [output / TRIALS_TABLE, output / TRIALS_CSV]
     try:
         best = best_hyperparameters(study, objective)

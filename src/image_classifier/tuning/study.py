@@ -8,10 +8,12 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from image_classifier.launch import metrics, search_space
@@ -27,6 +29,16 @@ SQLITE_TIMEOUT_SECONDS = 60      # parallel trials write to one SQLite file: wai
 MEDIAN_STARTUP_TRIALS = 3        # median: trials that run to the end before any is pruned
 MEDIAN_WARMUP_EPOCHS = 1         # median: epochs of each trial never pruned
 HYPERBAND_REDUCTION_FACTOR = 3   # hyperband: 1/3 of the trials at a rung go on to the next
+# A worker records each running trial's heartbeat this often; a RUNNING trial whose heartbeat is older than
+# Optuna's grace period (by default twice this: optuna.storages.RDBStorage) belongs to a dead worker and
+# is marked FAIL by the next worker that looks.
+HEARTBEAT_SECONDS = 60
+WAIT_POLL_SECONDS = 10           # a worker done with its trials checks the others' this often
+EXAMPLE_URL = "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
+# The PostgreSQL advisory lock workers hold while Optuna creates its tables: two workers starting at once on
+# an empty database otherwise both run CREATE TABLE, and one fails (UniqueViolation on pg_type). Any number
+# unique to this use; this one is "ic-tune" in ASCII.
+SCHEMA_LOCK_KEY = 0x69632D74756E65
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -56,12 +68,83 @@ def max_epochs(distributions: dict[str, Any], static: dict[str, str]) -> int:
     return int(epochs.high)
 
 
-def make_storage(storage: str | None, output: Path) -> str | optuna.storages.BaseStorage:
-    """`storage` (any SQLAlchemy database URL), by default SQLite in `output`; SQLite waits for its lock."""
+@contextlib.contextmanager
+def schema_lock(url: sqlalchemy.engine.URL):
+    """While inside, hold PostgreSQL's advisory lock `SCHEMA_LOCK_KEY` on `url`'s database; other databases: nothing.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database cannot be reached.
+    """
+    if url.get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:  # the lock ends with its session, however this ends
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
+
+
+def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorage:
+    """Open `storage` (an SQLAlchemy database URL), by default SQLite in `output`; SQLite waits for its lock.
+
+    Every trial records a heartbeat (`HEARTBEAT_SECONDS`), so that the trials of a worker that died can
+    be told from those still running (`wait_for_other_workers`).
+
+    Raises:
+        ValueError: `storage` is not a database URL, or no driver for its database is installed
+            (PostgreSQL: psycopg, in the tune extra).
+        ConnectionError: the database cannot be reached or refused the connection (the message
+            names it without its password).
+    """
     url = storage or f"sqlite:///{(output / STUDY_DB).resolve()}"
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}})
-    return url
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError(f"--storage {url!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if sqlite else {}
+    try:
+        with schema_lock(parsed), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=HEARTBEAT_SECONDS)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise ValueError(f"--storage {shown}: no driver for {parsed.drivername!r} ({exc}); for PostgreSQL "
+                         f"install the tune extra (psycopg) and write {EXAMPLE_URL}") from None
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = " ".join(str(exc.orig or exc).split())
+        raise ConnectionError(f"--storage {shown}: cannot open the study database: {reason}") from None
+
+
+def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
+                           poll_seconds: float = WAIT_POLL_SECONDS) -> None:
+    """Return once no trial of `study` runs: the other workers' trials ended, or their heartbeat stopped.
+
+    Each look first marks FAIL the RUNNING trials whose heartbeat is older than the storage's grace
+    period (`optuna.storages.fail_stale_trials`): a dead worker holds no one up for longer than that.
+
+    Args:
+        study: the study, its storage shared with the other workers.
+        stopping: set (Ctrl-C) to stop waiting at once.
+        poll_seconds: seconds between looks.
+    """
+    waiting_for = None
+    while not stopping.is_set():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        if not running:
+            return
+        if running != waiting_for:
+            logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
+                        "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
+            waiting_for = running
+        stopping.wait(poll_seconds)
 
 
 @contextlib.contextmanager
@@ -94,8 +177,14 @@ def stopping_on_signals(jobs: Jobs):
 def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "valid_accuracy",
          max_trials: int = 8, parallel: int = 2, pruner: str = "hyperband", include_model: bool = False,
          search_space_json: str | None = None, storage: str | None = None, study_name: str | None = None,
-         seed: int | None = None, show_progress_bar: bool = True) -> tuple[optuna.Study, dict[str, Any], bool]:
-    """Run a study of `max_trials` training jobs, `parallel` at a time, and write its outputs to `output`.
+         seed: int | None = None, show_progress_bar: bool = True,
+         wait_for_workers: bool = True) -> tuple[optuna.Study, dict[str, Any], bool]:
+    """Run `max_trials` training jobs of a study, `parallel` at a time, and write its outputs to `output`.
+
+    Several workers (processes, on one machine or many) share a study through one `storage` and
+    `study_name`: each runs its own `max_trials` (the study gets their sum), trial numbers come from
+    the storage (unique in the study), and each, once its trials ended, waits for the others'
+    (`wait_for_other_workers`), so that every worker reports the whole study and the same best trial.
 
     Args:
         data: the ImageFolder root with train/, valid/ and test/.
@@ -103,16 +192,17 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
             and plots/ go.
         static: hyperparameters every trial gets (strings).
         objective: one of `launch.metrics.OBJECTIVES`.
-        max_trials: trials this call runs (a study shared through `storage` may hold more).
+        max_trials: trials this call runs (a study shared through `storage` gets every worker's).
         parallel: trials at a time (threads, each driving one training job process).
         pruner: one of PRUNERS.
         include_model: tune `model` over the registry too.
         search_space_json: JSON text of ranges that override or add to the defaults.
-        storage: a database URL (`postgresql://...` lets several machines share the study);
-            default SQLite in `output`.
+        storage: an SQLAlchemy database URL (`postgresql+psycopg://...` lets several machines share
+            the study); default SQLite in `output`.
         study_name: the study to create, or to continue if the storage has it.
         seed: the TPE sampler's seed.
         show_progress_bar: Optuna's progress bar on stderr.
+        wait_for_workers: after its own trials, wait for the trials other workers run before the report.
 
     Returns:
         (the study, `report.write_outputs`' answer, whether a signal stopped it early).
@@ -120,7 +210,9 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
     Raises:
         ValueError: an unknown objective or pruner, fewer than 1 trial or job at a time, a bad
             search space, static hyperparameters the job refuses or that are also tuned, a missing
-            channel, or an existing study of that name that optimises the other way.
+            channel, a bad storage URL or no driver for it, or an existing study of that name that
+            optimises the other way.
+        ConnectionError: the storage's database cannot be reached.
     """
     direction = metrics.objective_type(objective).lower()
     if max_trials < 1 or parallel < 1:
@@ -133,10 +225,11 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
     if tuned_too := sorted(set(static) & set(distributions)):
         raise ValueError(f"hyperparameters both static and tuned: {', '.join(tuned_too)}")
     output.mkdir(parents=True, exist_ok=True)
+    rdb = make_storage(storage, output)
     (output / TRIALS_DIR).mkdir(exist_ok=True)
     study_name = study_name or f"ic-local-{time.strftime('%y%m%d-%H%M%S')}"
     study = optuna.create_study(
-        storage=make_storage(storage, output), study_name=study_name, load_if_exists=True, direction=direction,
+        storage=rdb, study_name=study_name, load_if_exists=True, direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner, max_epochs(distributions, static)))
     if study.direction.name.lower() != direction:
         raise ValueError(f"study {study_name} exists and {study.direction.name.lower()}s its objective, "
@@ -150,4 +243,6 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
     with stopping_on_signals(jobs), logging_redirect_tqdm():  # log lines above the progress bar
         study.optimize(objective_fn, n_trials=max_trials, n_jobs=parallel,
                        catch=(TrialFailed, TuningInterrupted), show_progress_bar=show_progress_bar)
+        if wait_for_workers:
+            wait_for_other_workers(study, jobs.stopping)
     return study, write_outputs(study, output, objective), jobs.stopping.is_set()

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -148,7 +149,9 @@ class TrialJob:
     Attributes:
         data_dir: the ImageFolder root with train/, valid/ and test/.
         workdir: the tuning output folder; trials go to `<workdir>/trials/<training job>/`
-            (studies sharing the folder do not overwrite each other's trials).
+            (studies, and workers of one study, sharing the folder do not overwrite each other's
+            trials: trial numbers are unique in a study). The trial's user attributes `trial_dir`
+            and `host` say where its model is.
         objective: one of `launch.metrics.OBJECTIVES`.
         distributions: the search space, as `search_space.to_optuna` gives it.
         static: hyperparameters every trial gets (strings).
@@ -184,7 +187,7 @@ class TrialJob:
         base = self.workdir / TRIALS_DIR / name
         env = local.lay_out(base, self.data_dir, hyperparameters)
         link_feature_cache(env, self.workdir)
-        for key, value in {"training_job": name, "trial_dir": str(base.resolve()),
+        for key, value in {"training_job": name, "trial_dir": str(base.resolve()), "host": socket.gethostname(),
                            "hyperparameters": hyperparameters}.items():
             trial.set_user_attr(key, value)
         logger.info("trial %d: training job %s in %s with %s", trial.number, name, base, hyperparameters)
