@@ -5,7 +5,7 @@ import json
 import boto3
 import pytest
 
-from image_classifier.launch import metrics, pipeline
+from image_classifier.launch import metrics, pipeline, registry
 from image_classifier.serving import content_types
 from tests.launch.common import ROLE, TRAIN_IMAGE
 
@@ -92,9 +92,11 @@ def test_definition_condition_registration_and_failure(definition):
     spec = package["InferenceSpecification"]
     assert spec["Containers"][0]["Image"] == SERVE_IMAGE
     assert spec["Containers"][0]["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
-    assert set(spec["SupportedContentTypes"]) >= set(content_types.IMAGE_TYPES)
-    assert spec["SupportedResponseMIMETypes"] == [content_types.JSON]
-    assert spec["SupportedRealtimeInferenceInstanceTypes"] and spec["SupportedTransformInstanceTypes"]
+    # the same package as register.py's: what the server decodes and answers, the same instance types
+    assert spec["SupportedContentTypes"] == list(content_types.REQUEST_TYPES)
+    assert spec["SupportedResponseMIMETypes"] == list(content_types.RESPONSE_TYPES)
+    assert spec["SupportedRealtimeInferenceInstanceTypes"] == list(registry.REALTIME_INSTANCE_TYPES)
+    assert spec["SupportedTransformInstanceTypes"] == list(registry.TRANSFORM_INSTANCE_TYPES)
     assert steps["BelowThreshold"]["Type"] == "Fail"
 
 

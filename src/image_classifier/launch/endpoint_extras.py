@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError
 from image_classifier.launch import async_inference, autoscaling, monitoring
 
 logger = logging.getLogger(__name__)
+# the error codes of a caller without the permission (CloudWatch answers AccessDenied, services on
+# the JSON protocol AccessDeniedException): deleting the endpoint goes on without the extras
+DENIED = ("AccessDenied", "AccessDeniedException")
 
 Step = tuple[str, str, dict[str, Any]]  # (service as boto3.client takes it, operation, parameters)
 # what each creating operation leaves behind, as the (kind, name) a rollback deletes
@@ -60,12 +63,20 @@ def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any,
     scaling policies that go with the scalable targets after them."""
     names = [name for v in variants for name in [*monitoring.alarm_names(endpoint, v),
                                                    async_inference.alarm_name(endpoint, v)]]
-    found = [a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
-             if a["AlarmName"] in names]
+    try:
+        alarms = cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in DENIED:
+            raise
+        logger.warning("cannot read the alarms (%s): %s, if any, are left", exc, ", ".join(names))
+        alarms = []
+    found = [a["AlarmName"] for a in alarms if a["AlarmName"] in names]
     steps = [(cloudwatch, "DeleteAlarms", {"AlarmNames": found})] if found else []
     try:
         dashboards = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
     except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in DENIED:
+            raise
         logger.warning("cannot list the dashboards (%s): dashboard %s, if any, is left", exc, endpoint)
         dashboards = []
     if endpoint in [d["DashboardName"] for d in dashboards]:

@@ -31,11 +31,11 @@ import boto3
 from botocore.exceptions import ClientError
 
 from image_classifier.launch import metrics
-from image_classifier.launch.model_packages import APPROVED, PENDING, REJECTED
-from image_classifier.launch.registry import REALTIME_INSTANCE_TYPES, TRANSFORM_INSTANCE_TYPES
 from image_classifier.launch.common import parse_static, positive_int
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
+from image_classifier.launch.model_packages import APPROVED, PENDING, REJECTED
+from image_classifier.launch.registry import REALTIME_INSTANCE_TYPES, TRANSFORM_INSTANCE_TYPES
 from image_classifier.launch.tune import CHANNELS
 from image_classifier.serving import content_types
 from image_classifier.training.config import TrainConfig
@@ -238,7 +238,8 @@ def build_pipeline(args: argparse.Namespace, boto_session: boto3.Session):
 
         config = load_sagemaker_config()
         config.setdefault("SchemaVersion", "1.0")
-        config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})["TelemetryOptOut"] = True
+        modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
+        modules["TelemetryOptOut"] = True
     session = PipelineSession(boto_session=boto_session, sagemaker_config=config)
     parameters = _parameters(args)
     train = _training_step(args, session, parameters)
