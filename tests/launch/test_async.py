@@ -99,6 +99,7 @@ def test_async_dry_run_sends_nothing(aws, received, capsys):
 @pytest.mark.parametrize("args, words", [
     (["--async-failure", "s3://b/f"], "only go with --async-output"),
     (["--async-output", "b/out"], "--async-output takes an S3 prefix"),
+    (["--async-output", "s3:///out"], "--async-output takes an S3 prefix"),  # no bucket
     (["--async-output", "s3://b/out", "--async-failure", "http://x"], "--async-failure takes an S3 prefix"),
     (["--async-output", "s3://b/out", "--async-success-topic", "ic-topic"], "SNS topic ARN"),
     (["--async-output", "s3://b/out", "--async-error-topic", "arn:aws:sqs:us-east-1:123456789012:q"],
@@ -181,17 +182,22 @@ def test_predict_async_reports_the_failure_object(aws, capsys, batch):
     from image_classifier.launch import invoke
 
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="ic-async-in")
-    queue_async(aws, {"is_failure": True, "data": "the model container answered 500: out of memory"})
+    trace = "Traceback (most recent call last):\n" + "  File x\n" * 200
+    queue_async(aws, {"is_failure": True, "data": "the model container answered 500: out of memory\n" + trace})
     code = invoke.main([str(batch), "--endpoint", "ic-async", "--region", "us-east-1",
                         "--async", "s3://ic-async-in/requests"])
     err = capsys.readouterr().err
     assert code == 1 and "the endpoint failed the request" in err and "out of memory" in err
+    line = next(line for line in err.splitlines() if "failed the request" in line)
+    assert line.endswith("...") and len(line) < 700  # one line, the failure object's first 500 bytes
 
 
 @pytest.mark.parametrize("args, words", [
     (["--async", "ic-async-in/requests"], "S3 prefix"),
     (["--async", "s3://ic-async-in/r", "--target-variant", "a"], "--target-variant"),
     (["--async", "s3://ic-async-in/r", "--invocation-timeout", "3601"], "1-3600"),
+    (["--async", "s3:///r"], "S3 prefix"),
+    (["--invocation-timeout", "600"], "only goes with --async"),
 ])
 def test_predict_async_refusals_send_nothing(received, capsys, batch, args, words):
     from image_classifier.launch import invoke

@@ -113,7 +113,9 @@ def test_delete_without_dashboard_or_alarms_deletes_none(aws, received, capsys):
     (["--alarm-topic", TOPIC], "only go with --dashboard"),
     (["--dashboard", "--alarm-topic", "ic-alarms"], "SNS topic ARN"),
     (["--dashboard", "--alarm-error-rate", "1.5"], "0 <= R < 1"),
-    (["--dashboard", "--alarm-p99-ms", "0"], "--alarm-p99-ms must be above 0"),
+    (["--dashboard", "--alarm-p99-ms", "0"], "--alarm-p99-ms must be a number above 0"),
+    (["--dashboard", "--alarm-p99-ms", "inf"], "--alarm-p99-ms must be a number above 0"),
+    (["--data-capture", "s3:///c"], "--data-capture takes an S3 prefix"),
 ])
 def test_monitoring_refusals_send_nothing(received, capsys, args, words):
     assert exit_code(*BASE, "--model-data", MODEL_DATA, *args) == 2
@@ -151,3 +153,27 @@ def test_a_rollback_deletes_the_alarms_and_dashboard_the_run_made(aws):
     assert "alarm ic-rolled-AllTraffic-5xx-rate" in said and "dashboard ic-rolled" in said
     assert cw.describe_alarms(AlarmNames=["ic-rolled-AllTraffic-5xx-rate"])["MetricAlarms"] == []
     assert "ic-rolled" not in [d["DashboardName"] for d in cw.list_dashboards()["DashboardEntries"]]
+
+
+@pytest.mark.parametrize("kind", ["async", "serverless"])
+def test_the_dashboard_draws_what_the_endpoints_kind_publishes(kind):
+    """An asynchronous endpoint publishes no Invocations (async-inference-monitor): InvocationsProcessed and
+    the queue instead; a serverless one has no instances of yours: no per-instance graphs."""
+    from image_classifier.launch import monitoring
+
+    body = monitoring.dashboard_body("ic", ["AllTraffic"], "us-east-1", asynchronous=kind == "async",
+                                     serverless=kind == "serverless")
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    names = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"]}
+    instance_graphs = [t for t in titles if "per instance" in t]
+    if kind == "async":
+        assert "Invocations" not in names and "InvocationsProcessed" in names
+        queue = [m for w in body["widgets"] for m in w["properties"]["metrics"] if m[1].endswith("Capacity")
+                 or m[1] == "ApproximateBacklogSize"]
+        assert queue == [["AWS/SageMaker", "ApproximateBacklogSize", "EndpointName", "ic"],
+                         ["AWS/SageMaker", "HasBacklogWithoutCapacity", "EndpointName", "ic"]]
+        assert len(instance_graphs) == 2
+    else:
+        assert "Invocations" in names and "InvocationsProcessed" not in names and instance_graphs == []
+    plain = monitoring.dashboard_body("ic", ["AllTraffic"], "us-east-1")
+    assert {m[1] for w in plain["widgets"] for m in w["properties"]["metrics"]} >= {"Invocations", "CPUUtilization"}

@@ -26,6 +26,7 @@ from typing import Any
 from image_classifier.launch import autoscaling
 from image_classifier.launch.common import positive_int
 from image_classifier.launch.monitoring import TOPIC_ARN
+from image_classifier.launch.upload import parse_s3_uri
 from image_classifier.sagemaker_env import MAX_PAYLOAD_ENV, MODEL_SERVER_TIMEOUT_ENV
 
 # Asynchronous Inference's limits (async-inference.html): 1 GB a request, in the server's unit
@@ -98,8 +99,11 @@ def check(args: argparse.Namespace) -> AsyncOutput | None:
     if args.serverless:
         raise ValueError("--async-output makes an asynchronous endpoint, on instances: leave out --serverless")
     for flag, uri in (("--async-output", args.async_output), ("--async-failure", args.async_failure)):
-        if uri is not None and not (uri.startswith("s3://") and len(uri) > len("s3://")):
-            raise ValueError(f"{flag} takes an S3 prefix (s3://bucket/prefix), got {uri!r}")
+        if uri is not None:
+            try:
+                parse_s3_uri(uri)
+            except ValueError:
+                raise ValueError(f"{flag} takes an S3 prefix (s3://bucket/prefix), got {uri!r}") from None
     for flag, topic in (("--async-success-topic", args.async_success_topic),
                         ("--async-error-topic", args.async_error_topic)):
         if topic is not None and not TOPIC_ARN.match(topic):

@@ -112,7 +112,7 @@ def describe_error(exc: ClientError) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
 
 
-@exit_on({PayloadTooLarge: EXIT_PAYLOAD_REFUSED, ValueError: USAGE, invoke_async.AsyncFailed: FAILED,
+@exit_on({PayloadTooLarge: EXIT_PAYLOAD_REFUSED, ValueError: USAGE, invoke_async.AsyncFailed: (FAILED, one_line),
           CLIENT_ERROR: (FAILED, describe_error), BOTOCORE_ERROR: (FAILED, one_line), OSError: FAILED})
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -128,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--async", dest="async_prefix", metavar="S3_PREFIX",
                         help="an asynchronous endpoint (deploy.py --async-output): upload the body under this S3 "
                              "prefix, call InvokeEndpointAsync and wait for the answer (bodies up to 1 GB)")
-    parser.add_argument("--invocation-timeout", type=int, default=INVOCATION_TIMEOUT_SECONDS, metavar="S",
-                        help="with --async: seconds the container may take, 1-3600 (default: %(default)s)")
+    parser.add_argument("--invocation-timeout", type=int, metavar="S",
+                        help="with --async: seconds the container may take, 1-3600 "
+                             f"(default: {INVOCATION_TIMEOUT_SECONDS})")
     parser.add_argument("--dry-run", action="store_true", help="print the request, send nothing")
     args = parser.parse_args(argv)
     session = boto3.Session(region_name=args.region)
     if args.async_prefix:
         return _main_async(args, session)
+    if args.invocation_timeout is not None:
+        raise ValueError("--invocation-timeout only goes with --async S3_PREFIX "
+                         "(a real-time endpoint answers within 60 s)")
     check_payload(args.image, args.endpoint, None if args.dry_run else session.client("sagemaker"))
     if args.dry_run:
         size = args.image.stat().st_size
@@ -157,6 +161,8 @@ def _main_async(args: argparse.Namespace, session: boto3.Session) -> int:
     """
     if args.target_variant:
         raise ValueError("--target-variant: InvokeEndpointAsync sends to the endpoint's variant, leave it out")
+    if args.invocation_timeout is None:
+        args.invocation_timeout = INVOCATION_TIMEOUT_SECONDS
     if not 1 <= args.invocation_timeout <= INVOCATION_TIMEOUT_SECONDS:
         raise ValueError(f"--invocation-timeout takes 1-{INVOCATION_TIMEOUT_SECONDS} s, got {args.invocation_timeout}")
     invoke_async.split_s3(args.async_prefix)

@@ -113,8 +113,9 @@ def wait_for(s3, output: str, failure: str | None, wait: float, poll: float = PO
                 if uri and _exists(s3, uri):
                     bucket, key = split_s3(uri)
                     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                    if failed:
-                        raise AsyncFailed(f"the endpoint failed the request ({uri}): {body.decode(errors='replace')}")
+                    if failed:  # the failure object's first 500 bytes (a traceback can be long)
+                        text = body[:500].decode(errors="replace") + ("..." if len(body) > 500 else "")
+                        raise AsyncFailed(f"the endpoint failed the request ({uri}): {text}")
                     return body
             waited = time.monotonic() - started
             if waited >= wait:

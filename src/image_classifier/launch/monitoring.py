@@ -11,16 +11,22 @@ per variant (dimensions EndpointName, VariantName), Invocations, Invocation4XXEr
 Invocation5XXErrors (per request: 1 or 0, so their Average is a rate) and ModelLatency
 (microseconds); in `/aws/sagemaker/Endpoints`, the instances' CPUUtilization and
 MemoryUtilization (percent; CPU is summed over cores, up to 100 % a core), averaged over the
-variant's instances.
+variant's instances. An asynchronous endpoint publishes no Invocations
+(https://docs.aws.amazon.com/sagemaker/latest/dg/async-inference-monitor.html: "Any metric not
+listed below is not published"): its dashboard counts InvocationsProcessed instead and adds the
+queue, ApproximateBacklogSize and HasBacklogWithoutCapacity (dimension EndpointName only). A
+serverless endpoint runs on no instances of yours: its dashboard has no per-instance graphs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from typing import Any
 
+from image_classifier.launch.upload import parse_s3_uri
 from image_classifier.serving import content_types
 
 INVOCATIONS_NAMESPACE = "AWS/SageMaker"
@@ -74,8 +80,10 @@ def data_capture(args: argparse.Namespace) -> dict[str, Any]:
     if args.serverless:
         raise ValueError("--data-capture: a serverless endpoint cannot capture data (among Serverless Inference's "
                          "feature exclusions): deploy on instances to capture")
-    if not (args.data_capture.startswith("s3://") and len(args.data_capture) > len("s3://")):
-        raise ValueError(f"--data-capture takes an S3 prefix (s3://bucket/prefix), got {args.data_capture!r}")
+    try:
+        parse_s3_uri(args.data_capture)
+    except ValueError:
+        raise ValueError(f"--data-capture takes an S3 prefix (s3://bucket/prefix), got {args.data_capture!r}") from None
     return {"DataCaptureConfig": {
         "EnableCapture": True, "InitialSamplingPercentage": CAPTURE_PERCENT if percent is None else percent,
         "DestinationS3Uri": args.data_capture,
@@ -92,8 +100,8 @@ def check_watching(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)} only go with --dashboard")
     if args.alarm_error_rate is not None and not 0 <= args.alarm_error_rate < 1:
         raise ValueError(f"--alarm-error-rate is a share of the requests, 0 <= R < 1, got {args.alarm_error_rate}")
-    if args.alarm_p99_ms is not None and not args.alarm_p99_ms > 0:
-        raise ValueError(f"--alarm-p99-ms must be above 0, got {args.alarm_p99_ms}")
+    if args.alarm_p99_ms is not None and not (math.isfinite(args.alarm_p99_ms) and args.alarm_p99_ms > 0):
+        raise ValueError(f"--alarm-p99-ms must be a number above 0, got {args.alarm_p99_ms}")
     if args.alarm_topic is not None and not TOPIC_ARN.match(args.alarm_topic):
         raise ValueError(f"--alarm-topic takes an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME), "
                          f"got {args.alarm_topic!r}")
@@ -109,22 +117,35 @@ def _widget(title: str, metrics: list, region: str, stat: str, y: int, x: int) -
                            "view": "timeSeries"}}
 
 
-def dashboard_body(endpoint: str, variants: list[str], region: str) -> dict[str, Any]:
-    """PutDashboard's DashboardBody (as a dict): six graphs, a line per variant (ModelLatency: two)."""
+def dashboard_body(endpoint: str, variants: list[str], region: str, asynchronous: bool = False,
+                   serverless: bool = False) -> dict[str, Any]:
+    """PutDashboard's DashboardBody (as a dict): a graph a metric, a line per variant (ModelLatency: two).
+
+    `asynchronous`: InvocationsProcessed instead of Invocations, and the queue's two graphs;
+    `serverless`: no per-instance CPU and memory graphs (see the module's docstring).
+    """
     def lines(namespace: str, name: str, **options) -> list:
         return [_metric(namespace, name, endpoint, v, label=f"{v} {name}", **options) for v in variants]
 
     latency = [_metric(INVOCATIONS_NAMESPACE, "ModelLatency", endpoint, v, stat=stat, label=f"{v} {stat}")
                for v in variants for stat in ("p50", "p99")]
+    invocations = "InvocationsProcessed" if asynchronous else "Invocations"
     graphs = [
-        ("Invocations", lines(INVOCATIONS_NAMESPACE, "Invocations"), "Sum"),
+        (invocations, lines(INVOCATIONS_NAMESPACE, invocations), "Sum"),
         ("Model latency (microseconds)", latency, "p50"),
         ("4xx errors", lines(INVOCATIONS_NAMESPACE, "Invocation4XXErrors"), "Sum"),
         ("5xx errors", lines(INVOCATIONS_NAMESPACE, "Invocation5XXErrors"), "Sum"),
-        ("CPU utilization per instance (%, summed over cores)", lines(INSTANCES_NAMESPACE, "CPUUtilization"),
-         "Average"),
-        ("Memory utilization per instance (%)", lines(INSTANCES_NAMESPACE, "MemoryUtilization"), "Average"),
     ]
+    if asynchronous:
+        graphs += [(f"Queue: {name}", [[INVOCATIONS_NAMESPACE, name, "EndpointName", endpoint]], stat)
+                   for name, stat in (("ApproximateBacklogSize", "Average"),
+                                      ("HasBacklogWithoutCapacity", "Maximum"))]
+    if not serverless:
+        graphs += [
+            ("CPU utilization per instance (%, summed over cores)", lines(INSTANCES_NAMESPACE, "CPUUtilization"),
+             "Average"),
+            ("Memory utilization per instance (%)", lines(INSTANCES_NAMESPACE, "MemoryUtilization"), "Average"),
+        ]
     return {"widgets": [_widget(title, metrics, region, stat, 6 * (i // 2), 12 * (i % 2))
                         for i, (title, metrics, stat) in enumerate(graphs)]}
 
@@ -137,7 +158,9 @@ def alarm_names(endpoint: str, variant: str) -> list[str]:
 def requests(args: argparse.Namespace, variants: list[str], region: str) -> list[tuple[str, str, dict[str, Any]]]:
     """The PutDashboard and PutMetricAlarm requests of --dashboard, as (service, operation, parameters)."""
     steps = [("cloudwatch", "PutDashboard", {"DashboardName": args.name,
-                                             "DashboardBody": json.dumps(dashboard_body(args.name, variants, region))})]
+                                             "DashboardBody": json.dumps(dashboard_body(
+                                                 args.name, variants, region, asynchronous=bool(args.async_output),
+                                                 serverless=bool(args.serverless)))})]
     actions = {"AlarmActions": [args.alarm_topic], "OKActions": [args.alarm_topic]} if args.alarm_topic else {}
     rate = ERROR_RATE if args.alarm_error_rate is None else args.alarm_error_rate
     p99_ms = P99_LATENCY_MS if args.alarm_p99_ms is None else args.alarm_p99_ms

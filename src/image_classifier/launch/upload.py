@@ -26,9 +26,9 @@ TRANSFER = TransferConfig()  # boto3's defaults: multipart from 8 MiB, in 8 MiB 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix/` → ("bucket", "some/prefix"). Raises: ValueError: not an s3:// URI."""
-    if not uri.startswith("s3://") or len(uri) <= 5:
-        raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
     bucket, _, prefix = uri[5:].partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
     return bucket, prefix.strip("/")
 
 
