@@ -167,9 +167,11 @@ class ServerSettings(BaseModel):
         "(resnet50, 2 cores, concurrency 8): 1 worker 21.2 images/s, 2 workers 17.4.",
         unit="processes", ge=1, validation_alias=MODEL_SERVER_WORKERS_ENV)
     model_server_timeout: Whole = setting(
-        60, "Seconds a worker may spend on one request before gunicorn restarts it (gunicorn's `timeout`; 60 as "
-        "in AWS's BYOC sample's `serve`, gunicorn's own default is 30; 0 = no limit). The app waits half of "
-        "it for the model to load.", unit="seconds", ge=0, validation_alias=MODEL_SERVER_TIMEOUT_ENV)
+        60, "Seconds a request may take: nginx in front answers 504 after this plus 30 s (its "
+        "`proxy_read_timeout`). Also gunicorn's `timeout`, which for its gthread workers restarts a worker "
+        "whose main loop stays silent that long (a hung worker), not one busy with a long request (gunicorn's "
+        "settings). 60 as in AWS's BYOC sample's `serve`; 0 = no limit. The app waits half of it for the "
+        "model to load.", unit="seconds", ge=0, validation_alias=MODEL_SERVER_TIMEOUT_ENV)
     max_payload_mb: Real = setting(
         6, "Largest request body accepted; a larger one is answered 413. 6 MB is SageMaker's limit for a "
         "real-time InvokeEndpoint request; Batch Transform sets the variable to the job's MaxPayloadInMB.",

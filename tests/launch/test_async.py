@@ -71,6 +71,9 @@ def test_async_autoscaling_reaches_zero_and_scales_out_from_it(aws, received, ca
              a["EvaluationPeriods"], a["Period"], a["AlarmActions"]) for a in alarm] == [
         ("HasBacklogWithoutCapacity", "AWS/SageMaker", "Average", 1.0, "GreaterThanOrEqualToThreshold", 2, 60,
          [arns["has-backlog-without-capacity"]])]
+    # the metric has the dimension EndpointName alone: another (VariantName) and the alarm would never fire
+    assert [(a["Dimensions"], a.get("DatapointsToAlarm"), a.get("TreatMissingData")) for a in alarm] == [
+        ([{"Name": "EndpointName", "Value": "ic-async-scale"}], 2, "missing")]
     ops = operations(received)
     assert ops.index("CreateEndpoint") < ops.index("RegisterScalableTarget") < ops.index("PutMetricAlarm")
 

@@ -205,6 +205,7 @@ def exit_code(*args) -> int:
     (["--variant", f"a={MODEL_DATA}", "--variant", f"b={MODEL_DATA}", "--serverless", "2048:5"],
      "one production variant"),
     (["--model-data", MODEL_DATA, "--autoscale", "3:2", "--target-invocations", "100"], "MIN must not exceed MAX"),
+    (["--model-data", MODEL_DATA, "--async-output", "s3://b/o", "--autoscale", "0:0"], "MAX must be at least 1"),
     (["--model-data", MODEL_DATA, "--autoscale", "0:2", "--target-invocations", "100"], "MIN must be at least 1"),
     (["--model-data", MODEL_DATA, "--autoscale", "1:2"], "needs --target-invocations"),
     (["--model-data", MODEL_DATA, "--autoscale", "1:2", "--target-invocations", "0"], "above 0"),

@@ -39,6 +39,8 @@ def dashboard_metrics(body: dict) -> dict[str, set]:
     """Graph title → the (namespace, metric, endpoint, variant, statistic) of its lines."""
     graphs = {}
     for widget in body["widgets"]:
+        if widget["type"] == "text":  # the note that deploy.py made it (monitoring.MARKER)
+            continue
         properties = widget["properties"]
         graphs[properties["title"]] = {
             (m[0], m[1], m[3], m[5], m[6].get("stat", properties["stat"])) for m in properties["metrics"]}
@@ -63,7 +65,7 @@ def test_dashboard_and_alarms_then_delete(aws, received, capsys):
             graphs["CPU utilization per instance (%, summed over cores)"]
         assert (instances, "MemoryUtilization", "ic-watch", variant, "Average") in \
             graphs["Memory utilization per instance (%)"]
-    assert all(w["properties"]["region"] == "us-east-1" for w in body["widgets"])
+    assert all(w["properties"]["region"] == "us-east-1" for w in body["widgets"] if w["type"] == "metric")
 
     alarms = {a["AlarmName"]: a for a in cloudwatch().describe_alarms(AlarmNames=result[0]["Alarms"])["MetricAlarms"]}
     assert sorted(alarms) == sorted(result[0]["Alarms"]) == [
@@ -163,6 +165,8 @@ def test_the_dashboard_draws_what_the_endpoints_kind_publishes(kind):
 
     body = monitoring.dashboard_body("ic", ["AllTraffic"], "us-east-1", asynchronous=kind == "async",
                                      serverless=kind == "serverless")
+    assert monitoring.is_ours(json.dumps(body))
+    body["widgets"] = [w for w in body["widgets"] if w["type"] == "metric"]
     titles = [w["properties"]["title"] for w in body["widgets"]]
     names = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"]}
     instance_graphs = [t for t in titles if "per instance" in t]
@@ -176,4 +180,27 @@ def test_the_dashboard_draws_what_the_endpoints_kind_publishes(kind):
     else:
         assert "Invocations" in names and "InvocationsProcessed" not in names and instance_graphs == []
     plain = monitoring.dashboard_body("ic", ["AllTraffic"], "us-east-1")
-    assert {m[1] for w in plain["widgets"] for m in w["properties"]["metrics"]} >= {"Invocations", "CPUUtilization"}
+    assert {m[1] for w in plain["widgets"][1:] for m in w["properties"]["metrics"]} >= {"Invocations", "CPUUtilization"}
+
+
+def test_a_dashboard_deploy_py_did_not_make_is_neither_replaced_nor_deleted(aws, received, capsys):
+    """PutDashboard replaces a dashboard wholesale: one of the endpoint's name without deploy.py's note
+    stops --dashboard before anything is created, and --delete leaves it."""
+    from image_classifier.launch import monitoring
+
+    theirs = json.dumps({"widgets": [{"type": "text", "x": 0, "y": 0, "width": 6, "height": 2,
+                                      "properties": {"markdown": "the team's own"}}]})
+    cloudwatch().put_dashboard(DashboardName="ic-taken", DashboardBody=theirs)
+    before = len(operations(received))
+    code = exit_code("--name", "ic-taken", *BASE, "--model-data", MODEL_DATA, "--dashboard")
+    assert code == 2 and "exists that deploy.py did not make" in capsys.readouterr().err
+    assert not {"CreateModel", "PutDashboard"} & set(operations(received)[before:])
+    code, _ = run(capsys, "--name", "ic-taken", *BASE, "--model-data", MODEL_DATA)  # no --dashboard: allowed
+    assert code == 0
+    code, deleted = run(capsys, "--name", "ic-taken", "--delete", "--no-wait")
+    assert code == 0 and deleted[0]["AlarmsAndDashboards"] == []
+    assert cloudwatch().get_dashboard(DashboardName="ic-taken")["DashboardBody"] == theirs
+    # one deploy.py made (left by an endpoint deleted without this project) is replaced by a new deploy
+    ours = monitoring.dashboard_body("ic-again", ["AllTraffic"], "us-east-1")
+    cloudwatch().put_dashboard(DashboardName="ic-again", DashboardBody=json.dumps(ours))
+    assert run(capsys, "--name", "ic-again", *BASE, "--model-data", MODEL_DATA, "--dashboard")[0] == 0

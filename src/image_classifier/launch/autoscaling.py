@@ -58,7 +58,7 @@ def parse_capacity(text: str) -> tuple[int, int]:
     deploy.py checks that).
 
     Raises:
-        argparse.ArgumentTypeError: not two whole numbers, MIN < 0 or MIN > MAX.
+        argparse.ArgumentTypeError: not two whole numbers, MIN < 0, MAX < 1 or MIN > MAX.
     """
     low, _, high = text.partition(":")
     try:
@@ -67,6 +67,9 @@ def parse_capacity(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"takes MIN:MAX instances, e.g. 1:4, got {text!r}") from None
     if low_n < 0:
         raise argparse.ArgumentTypeError(f"MIN must be at least 0, got {low_n}")
+    if high_n < 1:
+        raise argparse.ArgumentTypeError(f"MAX must be at least 1 (an endpoint that may never run an instance "
+                                         f"answers nothing), got {high_n}")
     if low_n > high_n:
         raise argparse.ArgumentTypeError(f"MIN must not exceed MAX, got {low_n}:{high_n}")
     return low_n, high_n

@@ -1,13 +1,17 @@
-"""Deploy model artifacts to a SageMaker real-time endpoint with the serving image, or delete it.
+"""Deploy model artifacts to a SageMaker endpoint with the serving image, or delete it.
 
-Creates one Model per production variant (the serving image and its `model.tar.gz`), an
-EndpointConfig holding the variants (instances, or `--serverless` memory and concurrency; each
-variant's share of the traffic) and an Endpoint, with boto3's SageMaker client, the one API of
+Creates one Model per production variant (the serving image and its `model.tar.gz`, or a model
+package of the Model Registry: launch/model_packages.py), an EndpointConfig holding the variants
+(instances, or `--serverless` memory and concurrency; each variant's share of the traffic; with
+`--async-output` an asynchronous endpoint, launch/async_inference.py; with `--data-capture` its
+capture, launch/monitoring.py) and an Endpoint, with boto3's SageMaker client, the one API of
 these resources (create, describe, wait, delete); `--autoscale` then gives each variant a
-target-tracking policy (launch/autoscaling.py). `--dry-run` records the requests instead of
-sending them (launch/dry_run.py). Every argument is checked before anything is created, and a failure
-midway deletes what the run had created. `--delete` removes the scaling, the endpoint, its
-config and its models, in that order.
+target-tracking policy (launch/autoscaling.py; on its backlog for an asynchronous endpoint, with
+the policy and alarm that scale out from zero), and `--dashboard` a CloudWatch dashboard and
+alarms. `--dry-run` records the requests instead of sending them (launch/dry_run.py). Every
+argument is checked before anything is created, and a failure midway deletes what the run had
+created. `--delete` removes the alarms and dashboard, the scaling, the endpoint, its config and
+its models, in that order.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="image-classifier", help="endpoint name (default: %(default)s)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--delete", action="store_true",
-                        help="delete the endpoint's scaling, the endpoint, its config and its models")
+                        help="delete the endpoint's alarms and dashboard, its scaling, the endpoint, its config and "
+                             "its models")
     parser.add_argument("--image", help="serving image URI in ECR")
     parser.add_argument("--role", help="IAM role ARN the endpoint runs as")
     source = parser.add_mutually_exclusive_group()
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "variant, and takes requests of 4 MB at most")
     scaling = parser.add_argument_group("autoscaling (Application Auto Scaling, once the endpoint is InService)")
     scaling.add_argument("--autoscale", type=autoscaling.parse_capacity, metavar="MIN:MAX",
-                         help="scale each variant between MIN (>= 1) and MAX instances; needs --wait")
+                         help="scale each variant between MIN and MAX instances (MIN >= 1; 0 for an asynchronous "
+                              "endpoint, --async-output); needs --wait")
     scaling.add_argument("--target-invocations", type=float, metavar="N",
                          help="invocations per instance per minute to keep each variant at "
                               "(CloudWatch's SageMakerVariantInvocationsPerInstance): load-test one instance for "
@@ -303,6 +309,8 @@ def create(args: argparse.Namespace, boto_session: boto3.Session) -> list[dict[s
     steps = _steps(args, chosen, dict(zip(models, data)), config_name)
     extras = [step for v in chosen.variants for step in _scaling_steps(args.name, v.name, chosen)]
     if args.dashboard:
+        if not dry_run:  # a read, before any change
+            endpoint_extras.check_dashboard_free(boto_session.client("cloudwatch"), args.name)
         extras += monitoring.requests(args, [v.name for v in chosen.variants], sm.meta.region_name)
     created: list[tuple[str, str]] = []  # (kind, name), oldest first
     try:

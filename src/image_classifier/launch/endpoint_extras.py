@@ -80,5 +80,24 @@ def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any,
         logger.warning("cannot list the dashboards (%s): dashboard %s, if any, is left", exc, endpoint)
         dashboards = []
     if endpoint in [d["DashboardName"] for d in dashboards]:
-        steps.append((cloudwatch, "DeleteDashboards", {"DashboardNames": [endpoint]}))
+        if monitoring.is_ours(cloudwatch.get_dashboard(DashboardName=endpoint).get("DashboardBody", "")):
+            steps.append((cloudwatch, "DeleteDashboards", {"DashboardNames": [endpoint]}))
+        else:
+            logger.warning("dashboard %s was not made by deploy.py (no %r widget): left", endpoint, monitoring.MARKER)
     return steps
+
+
+def check_dashboard_free(cloudwatch, endpoint: str) -> None:
+    """Raises: ValueError: a dashboard named `endpoint` exists that deploy.py did not make (PutDashboard
+    would replace it)."""
+    try:
+        entries = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in DENIED:
+            raise
+        logger.warning("cannot list the dashboards (%s): a dashboard named %s, if any, is replaced", exc, endpoint)
+        return
+    if endpoint in [d["DashboardName"] for d in entries] and not monitoring.is_ours(
+            cloudwatch.get_dashboard(DashboardName=endpoint).get("DashboardBody", "")):
+        raise ValueError(f"--dashboard: a CloudWatch dashboard named {endpoint} exists that deploy.py did not make: "
+                         "give the endpoint another --name, or delete or rename that dashboard")

@@ -40,6 +40,9 @@ CAPTURE_PERCENT = 20  # the SageMaker Python SDK's default sampling_percentage (
 ERROR_RATE = 0.05
 P99_LATENCY_MS = 1000.0
 PERIOD, EVALUATION_PERIODS = 60, 5
+# the first widget of every dashboard deploy.py makes: --delete removes a dashboard that has it, and
+# deploy.py refuses to replace one of the endpoint's name that lacks it (PutDashboard replaces wholesale)
+MARKER = "Made by sagemaker-image-classifier's deploy.py"
 TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 
 
@@ -146,8 +149,21 @@ def dashboard_body(endpoint: str, variants: list[str], region: str, asynchronous
              "Average"),
             ("Memory utilization per instance (%)", lines(INSTANCES_NAMESPACE, "MemoryUtilization"), "Average"),
         ]
-    return {"widgets": [_widget(title, metrics, region, stat, 6 * (i // 2), 12 * (i % 2))
-                        for i, (title, metrics, stat) in enumerate(graphs)]}
+    note = {"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
+            "properties": {"markdown": f"{MARKER} for endpoint `{endpoint}`: `deploy.py --name {endpoint} --delete` "
+                                       "removes it"}}
+    return {"widgets": [note, *(_widget(title, metrics, region, stat, 1 + 6 * (i // 2), 12 * (i % 2))
+                                for i, (title, metrics, stat) in enumerate(graphs))]}
+
+
+def is_ours(body: str) -> bool:
+    """Whether a DashboardBody (GetDashboard's JSON text) is one deploy.py made (its MARKER widget)."""
+    try:
+        widgets = json.loads(body).get("widgets", [])
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(w, dict) and str(w.get("properties", {}).get("markdown", "")).startswith(MARKER)
+               for w in widgets)
 
 
 def alarm_names(endpoint: str, variant: str) -> list[str]:
