@@ -57,30 +57,39 @@ def deleters(boto_session) -> dict[str, Callable[[str], Any]]:
     }
 
 
+def _unless_denied(read: Callable[[], Any], warning: str, *args) -> Any:
+    """`read()`, or None with `warning` (formatted with the error, then `args`) when the caller lacks
+    the permission (DENIED); any other error is raised."""
+    try:
+        return read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in DENIED:
+            raise
+        logger.warning(warning, exc, *args)
+        return None
+
+
+def _dashboard(cloudwatch, endpoint: str, warning: str) -> str | None:
+    """The DashboardBody of the dashboard named `endpoint`, None if there is none or it cannot be listed."""
+    listed = _unless_denied(lambda: cloudwatch.list_dashboards(DashboardNamePrefix=endpoint), warning, endpoint)
+    if endpoint not in [d["DashboardName"] for d in (listed or {}).get("DashboardEntries", [])]:
+        return None
+    return cloudwatch.get_dashboard(DashboardName=endpoint).get("DashboardBody", "")
+
+
 def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any, str, dict[str, Any]]]:
     """The requests that remove the alarms and the dashboard deploy.py made for `endpoint`, those that
     exist (none is no error), as (client, operation, parameters): alarms first, as they name the
     scaling policies that go with the scalable targets after them."""
     names = [name for v in variants for name in [*monitoring.alarm_names(endpoint, v),
                                                    async_inference.alarm_name(endpoint, v)]]
-    try:
-        alarms = cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in DENIED:
-            raise
-        logger.warning("cannot read the alarms (%s): %s, if any, are left", exc, ", ".join(names))
-        alarms = []
-    found = [a["AlarmName"] for a in alarms if a["AlarmName"] in names]
+    alarms = _unless_denied(lambda: cloudwatch.describe_alarms(AlarmNames=names),
+                            "cannot read the alarms (%s): %s, if any, are left", ", ".join(names))
+    found = [a["AlarmName"] for a in (alarms or {}).get("MetricAlarms", []) if a["AlarmName"] in names]
     steps = [(cloudwatch, "DeleteAlarms", {"AlarmNames": found})] if found else []
-    try:
-        dashboards = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in DENIED:
-            raise
-        logger.warning("cannot list the dashboards (%s): dashboard %s, if any, is left", exc, endpoint)
-        dashboards = []
-    if endpoint in [d["DashboardName"] for d in dashboards]:
-        if monitoring.is_ours(cloudwatch.get_dashboard(DashboardName=endpoint).get("DashboardBody", "")):
+    body = _dashboard(cloudwatch, endpoint, "cannot list the dashboards (%s): dashboard %s, if any, is left")
+    if body is not None:
+        if monitoring.is_ours(body):
             steps.append((cloudwatch, "DeleteDashboards", {"DashboardNames": [endpoint]}))
         else:
             logger.warning("dashboard %s was not made by deploy.py (no %r widget): left", endpoint, monitoring.MARKER)
@@ -90,14 +99,8 @@ def deletions(cloudwatch, endpoint: str, variants: list[str]) -> list[tuple[Any,
 def check_dashboard_free(cloudwatch, endpoint: str) -> None:
     """Raises: ValueError: a dashboard named `endpoint` exists that deploy.py did not make (PutDashboard
     would replace it)."""
-    try:
-        entries = cloudwatch.list_dashboards(DashboardNamePrefix=endpoint).get("DashboardEntries", [])
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in DENIED:
-            raise
-        logger.warning("cannot list the dashboards (%s): a dashboard named %s, if any, is replaced", exc, endpoint)
-        return
-    if endpoint in [d["DashboardName"] for d in entries] and not monitoring.is_ours(
-            cloudwatch.get_dashboard(DashboardName=endpoint).get("DashboardBody", "")):
+    body = _dashboard(cloudwatch, endpoint, "cannot list the dashboards (%s): a dashboard named %s, if any, "
+                                            "is replaced")
+    if body is not None and not monitoring.is_ours(body):
         raise ValueError(f"--dashboard: a CloudWatch dashboard named {endpoint} exists that deploy.py did not make: "
                          "give the endpoint another --name, or delete or rename that dashboard")
