@@ -22,6 +22,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from image_classifier import cli, datasets
+from image_classifier.drift import statistics
 from image_classifier.evaluation import REPORT_DIR, baseline, report
 from image_classifier.serving import codec, content_types
 
@@ -141,6 +142,34 @@ def test_a_shifted_class_mix_is_flagged(evaluation, tmp_path, capsys):
     page = (tmp_path / "drift.html").read_text()
     assert "Prediction drift: drift" in page and "Every image on both sides has image width 28" in page
     assert page.count("data:image/png;base64,") == 3  # class mix, confidence, brightness: 28x28 needs no plot
+
+
+def test_a_handful_of_unshifted_images_is_too_few_not_drift(evaluation, tmp_path, capsys):
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 5)
+    write_capture(tmp_path / "capture", images, answers(targets, seed=1))
+    code, out, _ = run(capsys, "--capture", str(tmp_path / "capture"), "--report", str(evaluation),
+                       "--out", str(tmp_path / "drift.html"), "--json", str(tmp_path / "drift.json"))
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert code == 0 and out.startswith("verdict: too few images"), out
+    mix = figures["class_mix"]
+    assert mix["psi"] > 0.25  # what the rule of thumb alone would call drift
+    assert mix["expected_psi"] == pytest.approx(9 * (1 / PER_SET + 1 / 5)) and mix["verdict"] == "too few images"
+    assert all(figures[key]["verdict"] == "too few images" for key in ("confidence", "width", "brightness"))
+    page = (tmp_path / "drift.html").read_text()
+    assert "Prediction drift: too few images" in page and "(B − 1) · (1/N + 1/M) (Yurdakul 2018)" in page
+
+
+def test_the_psi_of_a_hand_computed_example():
+    # shares (0.5, 0.5) on the reference, (0.25, 0.75) observed:
+    # (0.25 − 0.5) · ln(0.25 / 0.5) = −0.25 · −0.693147 = 0.173287
+    # (0.75 − 0.5) · ln(0.75 / 0.5) =  0.25 ·  0.405465 = 0.101366;  PSI = 0.274653 (without the ln: 0.25)
+    terms = statistics.psi_terms(np.array([2, 2]), np.array([1, 3]))
+    assert terms == pytest.approx([0.173287, 0.101366], abs=1e-6) and terms.sum() == pytest.approx(0.274653, abs=1e-6)
+    assert statistics.verdict(terms.sum()) == "drift" and statistics.verdict(terms.sum(), 0.1) == "too few images"
+    # 10 classes, 1,000 test images, 100 sent: 9 · (0.001 + 0.01) = 0.099, just enough images
+    assert statistics.expected_psi(10, 1000, 100) == pytest.approx(0.099)
+    assert statistics.worst(["too few images", "watch", "no drift"]) == "watch"
+    assert statistics.worst(["too few images", "too few images"]) == "too few images"
 
 
 def test_darker_photos_are_flagged_on_brightness(evaluation, tmp_path, capsys):

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # (key in the result, name on the page, unit): the continuous figures compared
 FIGURES = (("confidence", "confidence", "top-1 probability"), ("width", "image width", "pixels"),
            ("height", "image height", "pixels"), ("brightness", "brightness", "mean luma, 0-255"))
-VERDICT_CSS = {"no drift": "", "watch": "Error", "drift": "IssuesFound"}  # html_page's row colours
+VERDICT_CSS = {"no drift": "", "watch": "Error", "drift": "IssuesFound",  # html_page's row colours
+               statistics.TOO_FEW: "NotApplicable"}
 
 
 def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -141,7 +142,9 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
         "reference": {key: summary[key] for key in ("channel", "images", "accuracy", "ece")},
         "thresholds": {"psi_watch": statistics.PSI_WATCH, "psi_drift": statistics.PSI_DRIFT,
                        "source": "Siddiqi, Credit Risk Scorecards, Wiley 2006; Yurdakul, Statistical Properties "
-                                 "of Population Stability Index, Western Michigan University 2018"},
+                                 "of Population Stability Index, Western Michigan University 2018",
+                       "too_few_images": "expected_psi >= psi_watch: (bins - 1) * (1/N + 1/M), the expected PSI of "
+                                         "two samples of one distribution (Yurdakul 2018)"},
         "class_mix": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
     }
     if predicted:
@@ -161,14 +164,14 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
 def _summary_rows(result: dict[str, Any]) -> tuple[list[list], list[str]]:
     rows, css = [], []
     if result["class_mix"]:
-        rows.append(["class mix (predicted)", f"{result['class_mix']['psi']:.4f}", result["class_mix"]["verdict"],
-                     "", "", "", ""])
+        rows.append(["class mix (predicted)", f"{result['class_mix']['psi']:.4f}",
+                     f"{result['class_mix']['expected_psi']:.4f}", result["class_mix"]["verdict"], "", "", "", ""])
         css.append(VERDICT_CSS[result["class_mix"]["verdict"]])
     for key, name, _ in FIGURES:
         f = result[key]
         if f:
-            rows.append([name, f"{f['psi']:.4f}", f["verdict"], f"{f['ks_statistic']:.4f}", f"{f['ks_pvalue']:.3g}",
-                         f"{f['reference_mean']:.4g}", f"{f['observed_mean']:.4g}"])
+            rows.append([name, f"{f['psi']:.4f}", f"{f['expected_psi']:.4f}", f["verdict"], f"{f['ks_statistic']:.4f}",
+                         f"{f['ks_pvalue']:.3g}", f"{f['reference_mean']:.4g}", f"{f['observed_mean']:.4g}"])
             css.append(VERDICT_CSS[f["verdict"]])
     return rows, css
 
@@ -183,15 +186,21 @@ def page(result: dict[str, Any], pairs: dict[str, tuple[np.ndarray, np.ndarray]]
              f"{captured['predictions']} with their prediction, {captured['measured']} with their pixels) against "
              f"the {reference['images']} images of the {reference['channel']} channel in the evaluation report.")
     rows, css = _summary_rows(result)
-    out.table(["figure", "PSI", "verdict", "KS D", "KS p-value", "test channel mean", "endpoint mean"], rows, css)
+    out.table(["figure", "PSI", "expected PSI without drift", "verdict", "KS D", "KS p-value", "test channel mean",
+               "endpoint mean"], rows, css)
     t = result["thresholds"]
     out.text(f"PSI, the population stability index: Σ (endpoint share − test share) · ln(endpoint share / test "
-             f"share) over the classes, or over the test channel's deciles of a continuous figure. Below "
-             f"{t['psi_watch']} no drift, {t['psi_watch']} to {t['psi_drift']} watch, {t['psi_drift']} and over "
-             f"drift: the usual rule of thumb ({t['source']}). The verdict is the worst row's. KS: the two-sample "
+             f"share) over the classes, or over the test channel's deciles of a continuous figure; a bin one "
+             f"side has no image in counts as a share of {statistics.EMPTY_SHARE:g} (this project's choice, "
+             f"not a published value). Below {t['psi_watch']} no drift, {t['psi_watch']} to {t['psi_drift']} "
+             f"watch, {t['psi_drift']} and over drift: the usual rule of thumb ({t['source']}). Those thresholds "
+             f"ignore how many images there are: two samples of one distribution, N test images and M "
+             f"endpoint images in B bins, have an expected PSI of about (B − 1) · (1/N + 1/M) (Yurdakul 2018): "
+             f"the column \"expected PSI without drift\". Where it reaches {t['psi_watch']}, the PSI cannot tell "
+             f"drift from chance and the row's verdict is \"{statistics.TOO_FEW}\". The verdict is the worst "
+             f"row's among those with enough images (\"{statistics.TOO_FEW}\" when none has). KS: the two-sample "
              f"Kolmogorov-Smirnov statistic D (the largest gap between the two cumulative distributions) and its "
-             f"p-value, for information: with thousands of images even a harmless difference has a tiny p-value. "
-             f"The PSI of a few hundred images carries sampling noise of the order of (bins − 1) / images.")
+             f"p-value, for information: with thousands of images even a harmless difference has a tiny p-value.")
     if result["class_mix"]:
         out.heading("Class mix")
         per_class = result["class_mix"]["per_class"]
@@ -259,6 +268,6 @@ def main(capture_source: str, report_source: str, out: Path, json_path: Path | N
     print(f"verdict: {result['verdict']} ({result['capture']['images']} captured images against "
           f"{result['reference']['images']} of the {result['reference']['channel']} channel)")
     for row in rows:
-        print(f"  {row[0]:<22} PSI {row[1]}  {row[2]}")
+        print(f"  {row[0]:<22} PSI {row[1]}  {row[3]}")
     print(f"report: {out}" + (f", figures: {json_path}" if json_path else ""))
     return 0
