@@ -202,6 +202,47 @@ def test_labels_give_the_endpoints_accuracy_and_calibration(evaluation, tmp_path
     assert "endpoint (labelled)" in (tmp_path / "drift.html").read_text()
 
 
+def test_labels_match_on_the_inference_id_where_the_capture_has_one(evaluation, tmp_path, capsys):
+    """As Model Monitor merges ground truth: on eventMetadata.inferenceId when the record has one, else eventId."""
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 200)
+    probabilities = answers(targets, seed=9)
+    records = [json.loads(line) for line in write_capture(tmp_path / "ready", images, probabilities)]
+    for i, record in enumerate(records[::2]):  # every other request was sent with an InferenceId
+        record["eventMetadata"]["inferenceId"] = f"order-{i}"
+    (tmp_path / "capture.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+    def ground_truth(event: str, target: int) -> str:
+        return json.dumps({"groundTruthData": {"data": str(target), "encoding": "CSV"},
+                           "eventMetadata": {"eventId": event}, "eventVersion": "0"})
+
+    truth = [ground_truth(r["eventMetadata"].get("inferenceId", r["eventMetadata"]["eventId"]), t)
+             for r, t in zip(records, targets)]
+    truth.append(ground_truth(records[0]["eventMetadata"]["eventId"], 0))  # its inferenceId wins: no match
+    (tmp_path / "labels.jsonl").write_text("\n".join(truth))
+    assert run(capsys, "--capture", str(tmp_path / "capture.jsonl"), "--report", str(evaluation), "--labels",
+               str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "drift.html"), "--json",
+               str(tmp_path / "drift.json"))[0] == 0
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert figures["labels"] == {"given": 201, "matched": 200} and figures["calibration"]["images"] == 200
+    assert figures["calibration"]["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == targets))
+    assert "200 of 201 labels matched a captured request" in (tmp_path / "drift.html").read_text()
+
+
+def test_labels_that_match_nothing_are_said_so(evaluation, tmp_path, capsys):
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 150)
+    write_capture(tmp_path / "capture", images, answers(targets, seed=10))
+    (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps({
+        "groundTruthData": {"data": "Trouser", "encoding": "CSV"}, "eventMetadata": {"eventId": f"other-{i}"},
+        "eventVersion": "0"}) for i in range(3)))
+    assert run(capsys, "--capture", str(tmp_path / "capture"), "--report", str(evaluation), "--labels",
+               str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "drift.html"), "--json",
+               str(tmp_path / "drift.json"))[0] == 0
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert figures["labels"] == {"given": 3, "matched": 0} and figures["calibration"] is None
+    page = (tmp_path / "drift.html").read_text()
+    assert "0 of 3 labels matched a captured request" in page and "No labels were given" not in page
+
+
 def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     images, targets = shifted_mix(300, seed=4)
     write_capture(tmp_path / "capture", images, answers(targets, seed=4), per_file=100)
@@ -250,6 +291,11 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     (json.dumps({"captureData": {"endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
                                                     "data": '{"answer": 1}', "encoding": "JSON"}}}),
      'no "predictions" list'),
+    (json.dumps({"captureData": {"endpointInput": "an image"}}), "captureData.endpointInput is"),
+    (json.dumps({"captureData": {"endpointOutput": [1, 2]}}), "endpointOutput is [1, 2], not a JSON object"),
+    (json.dumps({"captureData": {"endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                                                    "data": '{"error": "refused"}', "encoding": "JSON"}},
+                 "eventMetadata": ["3f1c"]}), "eventMetadata is"),
 ])
 def test_bad_capture_files_are_refused_with_the_file_and_line(evaluation, tmp_path, capsys, line, message):
     folder = tmp_path / "capture" / "ic-endpoint" / "AllTraffic" / "2026" / "12" / "03" / "10"

@@ -7,7 +7,8 @@ An endpoint with data capture writes, under its DestinationS3Uri,
                                        "data": "<the request body>", "encoding": "BASE64"},
                      "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
                                         "data": "<the response body>", "encoding": "JSON"}},
-     "eventMetadata": {"eventId": "<uuid>", "inferenceTime": "2026-12-03T10:00:00Z"},
+     "eventMetadata": {"eventId": "<uuid>", "inferenceId": "<the caller's InferenceId, if given>",
+                       "inferenceTime": "2026-12-03T10:00:00Z"},
      "eventVersion": "0"}
 
 `encoding` is BASE64 unless the endpoint config's CaptureContentTypeHeader names the content
@@ -54,6 +55,12 @@ class Observation:
     width: int | None = None         # pixels, as decoded (EXIF orientation applied)
     height: int | None = None
     brightness: float | None = None  # mean luma, 0-255 (evaluation.baseline.brightness)
+    inference_id: str | None = None  # the InferenceId the caller gave (eventMetadata.inferenceId), if any
+
+    @property
+    def ground_truth_id(self) -> str:
+        """The id Model Monitor merges ground truth on: the inferenceId where the capture has one, else the eventId."""
+        return self.inference_id or self.event_id
 
 
 @dataclass
@@ -122,7 +129,8 @@ def parse_record(line: str, where: str) -> list[Observation] | None:
     """The observations of one capture line (one per image); None when the server refused the request.
 
     Raises:
-        CaptureError: not JSON, not a data-capture record, a body that does not decode, or a
+        CaptureError: not JSON, not a data-capture record (its captureData, endpointInput,
+            endpointOutput or eventMetadata not an object), a body that does not decode, or a
             response with another number of predictions than the request had images.
     """
     try:
@@ -134,6 +142,11 @@ def parse_record(line: str, where: str) -> list[Observation] | None:
         raise CaptureError(f"{where}: not a SageMaker data-capture record (no captureData.endpointInput "
                            f"or endpointOutput)")
     meta = record.get("eventMetadata") or {}
+    for name, part in (("captureData.endpointInput", data.get("endpointInput", {})),
+                       ("captureData.endpointOutput", data.get("endpointOutput", {})), ("eventMetadata", meta)):
+        if not isinstance(part, dict):
+            raise CaptureError(f"{where}: {name} is {json.dumps(part)[:40]}, not a JSON object: not a SageMaker "
+                               f"data-capture record")
     predictions = _predictions(data["endpointOutput"], where) if "endpointOutput" in data else []
     if predictions is None:
         return None
@@ -143,8 +156,9 @@ def parse_record(line: str, where: str) -> list[Observation] | None:
     rows = []
     for i in range(max(len(images), len(predictions))):
         predicted = dict(zip(("class_id", "confidence"), predictions[i])) if predictions else {}
+        inference_id = str(meta["inferenceId"]) if meta.get("inferenceId") else None
         rows.append(Observation(str(meta.get("eventId", where)), str(meta.get("inferenceTime", "")), i,
-                                **predicted, **((images[i] or {}) if images else {})))
+                                **predicted, **((images[i] or {}) if images else {}), inference_id=inference_id))
     return rows
 
 

@@ -75,12 +75,14 @@ def read_labels(path: Path, class_names: list[str]) -> dict[tuple[str, int], int
     """The true classes of captured images, from a file in SageMaker Model Monitor's ground-truth format.
 
     One JSON record a line: `{"groundTruthData": {"data": "<label>", "encoding": "CSV"},
-    "eventMetadata": {"eventId": "<the capture's eventId>"}, "eventVersion": "0"}`; a label is a
+    "eventMetadata": {"eventId": "<id>"}, "eventVersion": "0"}`, the id being the capture's
+    `eventMetadata.inferenceId` where it has one, else its `eventId`, as Model Monitor merges
+    ground truth (AWS, "Ingest Ground Truth labels and merge them with predictions"); a label is a
     class folder name, its label (without the NNN. prefix) or a class id; a batched request has
     one label per image, comma-separated (CSV) or as a JSON list (encoding JSON).
 
     Returns:
-        (eventId, image index in the request) → class id.
+        (inferenceId or eventId, image index in the request) → class id.
 
     Raises:
         ValueError: a line that is not such a record, or a label no class has.
@@ -124,7 +126,9 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
         `verdict` (the worst figure's), `capture` and `reference` (counts, the test channel's
         accuracy and ECE), `thresholds` and their source, `class_mix`
         (`statistics.class_mix`), per figure of `FIGURES` `statistics.continuous` (None where
-        nothing was captured), and `calibration` (None without labels).
+        nothing was captured), `labels` (None without labels: else how many were `given` and
+        how many `matched` a captured image, on `Observation.ground_truth_id`), and
+        `calibration` (None without matched labels).
 
     Raises:
         CaptureError: a captured class id the model does not have (another model's capture?).
@@ -145,14 +149,17 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
                                  "of Population Stability Index, Western Michigan University 2018",
                        "too_few_images": "expected_psi >= psi_watch: (bins - 1) * (1/N + 1/M), the expected PSI of "
                                          "two samples of one distribution (Yurdakul 2018)"},
-        "class_mix": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
+        "class_mix": None, "labels": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
     }
     if predicted:
         result["class_mix"] = statistics.class_mix(np.array(baseline["predicted"]),
                                                    np.array([o.class_id for o in predicted]), class_names)
     for key, (reference, observed) in values(baseline, capture).items():
         result[key] = statistics.continuous(reference, observed)
-    labelled = [(o, labels[(o.event_id, o.index)]) for o in predicted if labels and (o.event_id, o.index) in labels]
+    labelled = [(o, labels[(o.ground_truth_id, o.index)]) for o in predicted
+                if labels and (o.ground_truth_id, o.index) in labels]
+    if labels is not None:
+        result["labels"] = {"given": len(labels), "matched": len(labelled)}
     if labelled:
         result["calibration"] = statistics.calibration(np.array([o.confidence for o, _ in labelled]),
                                                        np.array([o.class_id == t for o, t in labelled]))
@@ -227,9 +234,13 @@ def _calibration(out: Page, result: dict[str, Any], reference: dict[str, Any]) -
     from image_classifier.evaluation.plots import reliability_diagram
 
     out.heading("Calibration")
-    cal = result["calibration"]
+    cal, given = result["calibration"], result["labels"]
+    if given:
+        out.text(f"{given['matched']} of {given['given']} labels matched a captured request (on the capture's "
+                 f"inferenceId where it has one, else its eventId, as Model Monitor merges ground truth).")
     if not cal:
-        out.text("No labels were given (--labels): the endpoint's accuracy and calibration are unknown.")
+        out.text("The endpoint's accuracy and calibration are unknown." if given else
+                 "No labels were given (--labels): the endpoint's accuracy and calibration are unknown.")
         return
     out.table(["", "images", "accuracy", "ECE"],
               [["test channel", reference["images"], f"{reference['accuracy']:.4f}", f"{reference['ece']:.4f}"],
