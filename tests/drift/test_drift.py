@@ -22,11 +22,13 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from image_classifier import cli, datasets
+from image_classifier.artifacts import label_of
 from image_classifier.drift import statistics
 from image_classifier.evaluation import REPORT_DIR, baseline, report
 from image_classifier.serving import codec, content_types
 
 CLASSES = [f"{c + 1:03d}.{name}" for c, name in enumerate(datasets.FASHION_MNIST_CLASSES)]
+LABELS = [label_of(name) for name in CLASSES]  # model_config.json's labels: what the server answers
 PER_SET = 1000
 RIGHT = 0.85  # the made-up model's accuracy
 
@@ -74,7 +76,7 @@ def png(image: Image.Image) -> bytes:
 def capture_line(image: Image.Image, probabilities: np.ndarray) -> str:
     """One record as SageMaker writes it: the PNG request base64-encoded, the JSON answer as JSON
     (the SDK's DataCaptureConfig default json_content_types)."""
-    answer = codec.encode(probabilities[None], False, content_types.JSON, CLASSES, 5)
+    answer = codec.encode(probabilities[None], False, content_types.JSON, LABELS, 5)
     return json.dumps({
         "captureData": {
             "endpointInput": {"observedContentType": content_types.PNG, "mode": "INPUT",
@@ -107,6 +109,19 @@ def shifted_mix(count: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
     chosen = np.concatenate([rng.choice(trousers, int(count * 0.6), replace=False),
                              rng.choice(others, count - int(count * 0.6), replace=False)])
     return [images[i] for i in chosen], labels[chosen]
+
+
+def answer_only(body: bytes, content_type: str) -> str:
+    """A record whose request was not captured (CaptureOptions: Output only), the answer base64-encoded."""
+    return json.dumps({"captureData": {"endpointOutput": {"observedContentType": content_type, "mode": "OUTPUT",
+                                                          "data": base64.b64encode(body).decode(),
+                                                          "encoding": "BASE64"}}})
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -292,6 +307,14 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
                                                     "data": '{"answer": 1}', "encoding": "JSON"}}}),
      'no "predictions" list'),
     (json.dumps({"captureData": {"endpointInput": "an image"}}), "captureData.endpointInput is"),
+    # another model with as many classes: its labels, or its x-npy width, give it away
+    (answer_only(codec.encode(np.eye(10, dtype=np.float32)[None, 3], False, content_types.JSON,
+                              [f"digit {i}" for i in range(10)], 5), content_types.JSON),
+     "captured class id 3 is labelled 'digit 3', the report's class 3 is 'Dress'"),
+    (answer_only(npy(np.eye(12, dtype=np.float32)[None, 3]), content_types.NPY),
+     "has 12 probabilities per image, the report's model 10 classes"),
+    (answer_only(json.dumps({"predictions": [{"label": "T-shirt/top", "class_id": -1, "probability": 0.9}]})
+                 .encode(), content_types.JSON), "captured class id -1 is none of the report's 10 classes"),
     (json.dumps({"captureData": {"endpointOutput": [1, 2]}}), "endpointOutput is [1, 2], not a JSON object"),
     (json.dumps({"captureData": {"endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
                                                     "data": '{"error": "refused"}', "encoding": "JSON"}},

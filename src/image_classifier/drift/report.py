@@ -131,14 +131,15 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
         `calibration` (None without matched labels).
 
     Raises:
-        CaptureError: a captured class id the model does not have (another model's capture?).
+        CaptureError: a captured class id the model does not have (another model's capture?);
+            `read` with the report's class names says which file and line.
     """
     class_names = [row["class_name"] for row in summary["per_class"]]
     observations = capture.observations
     predicted = [o for o in observations if o.class_id is not None]
-    if any(o.class_id >= len(class_names) for o in predicted):
-        raise CaptureError(f"the capture holds class ids beyond the report's {len(class_names)} classes: "
-                           f"is it another model's endpoint?")
+    if any(not 0 <= o.class_id < len(class_names) for o in predicted):
+        raise CaptureError(f"the capture holds class ids outside the report's {len(class_names)} classes "
+                           f"(0 to {len(class_names) - 1}): is it another model's endpoint?")
     result: dict[str, Any] = {
         "capture": {"files": capture.files, "records": capture.records, "refused": capture.refused,
                     "images": len(observations), "predictions": len(predicted),
@@ -271,8 +272,9 @@ def main(capture_source: str, report_source: str, out: Path, json_path: Path | N
     """
     with tempfile.TemporaryDirectory() as workdir:
         summary, baseline = load_report(report_source, Path(workdir))
-    labels = read_labels(labels_path, [r["class_name"] for r in summary["per_class"]]) if labels_path else None
-    capture = read(capture_source)
+    class_names = [r["class_name"] for r in summary["per_class"]]
+    labels = read_labels(labels_path, class_names) if labels_path else None
+    capture = read(capture_source, class_names)
     result = compare(summary, baseline, capture, labels)
     write(result, values(baseline, capture), out, json_path)
     rows, _ = _summary_rows(result)
