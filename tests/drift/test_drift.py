@@ -293,6 +293,20 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     assert code == 1 and "no .jsonl capture files under s3://ic-capture/nothing-here" in err
 
 
+def test_a_refused_s3_read_of_the_report_is_not_a_missing_report(evaluation, tmp_path, capsys, monkeypatch):
+    """Only a 404 means metrics.json or baseline.json is missing: a 403 is S3's refusal, said as such."""
+    from botocore.exceptions import ClientError
+
+    class Denied:
+        def download_file(self, bucket, key, filename):
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: Denied())
+    code, _, err = run(capsys, "--capture", str(tmp_path), "--report", "s3://ic-capture/models/ic-job-1/metrics.json",
+                       "--out", str(tmp_path / "drift.html"))
+    assert code == 1 and "403: Forbidden" in err and "no evaluation report" not in err, err
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"instances": [1, 2]}', "not a SageMaker data-capture record"),
     ("not json at all", "not JSON"),

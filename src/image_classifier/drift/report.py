@@ -39,6 +39,7 @@ def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, A
 
     Raises:
         FileNotFoundError: no evaluation report there, or one without baseline.json.
+        botocore.exceptions.ClientError: S3 refused other than with a 404 (e.g. 403: no s3:GetObject).
     """
     if source.endswith(METRICS_FILE):
         if source.startswith("s3://"):
@@ -52,7 +53,9 @@ def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, A
                 try:
                     boto3.client("s3").download_file(bucket, f"{key.rpartition('/')[0]}/{name}".lstrip("/"),
                                                      str(workdir / name))
-                except botocore.exceptions.ClientError as exc:  # a 404: said below, by name
+                except botocore.exceptions.ClientError as exc:  # a 404: said below, by name; others raised
+                    if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                        raise
                     logger.debug("%s: %s", name, exc)
             directory = workdir
         else:
