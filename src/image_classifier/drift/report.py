@@ -149,8 +149,8 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
                     "measured": sum(o.width is not None for o in observations)},
         "reference": {key: summary[key] for key in ("channel", "images", "accuracy", "ece")},
         "thresholds": {"psi_watch": statistics.PSI_WATCH, "psi_drift": statistics.PSI_DRIFT,
-                       "source": "Siddiqi, Credit Risk Scorecards, Wiley 2006; Yurdakul, Statistical Properties "
-                                 "of Population Stability Index, Western Michigan University 2018",
+                       "source": "Siddiqi, Credit Risk Scorecards, Wiley 2006, as reported by Yurdakul, Statistical "
+                                 "Properties of Population Stability Index, Western Michigan University 2018",
                        "too_few_images": "expected_psi >= psi_watch: (bins - 1) * (1/N + 1/M), the expected PSI of "
                                          "two samples of one distribution (Yurdakul 2018)"},
         "class_mix": None, "labels": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
