@@ -22,10 +22,13 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from image_classifier import cli, datasets
+from image_classifier.artifacts import label_of
+from image_classifier.drift import statistics
 from image_classifier.evaluation import REPORT_DIR, baseline, report
 from image_classifier.serving import codec, content_types
 
 CLASSES = [f"{c + 1:03d}.{name}" for c, name in enumerate(datasets.FASHION_MNIST_CLASSES)]
+LABELS = [label_of(name) for name in CLASSES]  # model_config.json's labels: what the server answers
 PER_SET = 1000
 RIGHT = 0.85  # the made-up model's accuracy
 
@@ -73,7 +76,7 @@ def png(image: Image.Image) -> bytes:
 def capture_line(image: Image.Image, probabilities: np.ndarray) -> str:
     """One record as SageMaker writes it: the PNG request base64-encoded, the JSON answer as JSON
     (the SDK's DataCaptureConfig default json_content_types)."""
-    answer = codec.encode(probabilities[None], False, content_types.JSON, CLASSES, 5)
+    answer = codec.encode(probabilities[None], False, content_types.JSON, LABELS, 5)
     return json.dumps({
         "captureData": {
             "endpointInput": {"observedContentType": content_types.PNG, "mode": "INPUT",
@@ -106,6 +109,19 @@ def shifted_mix(count: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
     chosen = np.concatenate([rng.choice(trousers, int(count * 0.6), replace=False),
                              rng.choice(others, count - int(count * 0.6), replace=False)])
     return [images[i] for i in chosen], labels[chosen]
+
+
+def answer_only(body: bytes, content_type: str) -> str:
+    """A record whose request was not captured (CaptureOptions: Output only), the answer base64-encoded."""
+    return json.dumps({"captureData": {"endpointOutput": {"observedContentType": content_type, "mode": "OUTPUT",
+                                                          "data": base64.b64encode(body).decode(),
+                                                          "encoding": "BASE64"}}})
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -143,6 +159,34 @@ def test_a_shifted_class_mix_is_flagged(evaluation, tmp_path, capsys):
     assert page.count("data:image/png;base64,") == 3  # class mix, confidence, brightness: 28x28 needs no plot
 
 
+def test_a_handful_of_unshifted_images_is_too_few_not_drift(evaluation, tmp_path, capsys):
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 5)
+    write_capture(tmp_path / "capture", images, answers(targets, seed=1))
+    code, out, _ = run(capsys, "--capture", str(tmp_path / "capture"), "--report", str(evaluation),
+                       "--out", str(tmp_path / "drift.html"), "--json", str(tmp_path / "drift.json"))
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert code == 0 and out.startswith("verdict: too few images"), out
+    mix = figures["class_mix"]
+    assert mix["psi"] > 0.25  # what the rule of thumb alone would call drift
+    assert mix["expected_psi"] == pytest.approx(9 * (1 / PER_SET + 1 / 5)) and mix["verdict"] == "too few images"
+    assert all(figures[key]["verdict"] == "too few images" for key in ("confidence", "width", "brightness"))
+    page = (tmp_path / "drift.html").read_text()
+    assert "Prediction drift: too few images" in page and "(B − 1) · (1/N + 1/M) (Yurdakul 2018)" in page
+
+
+def test_the_psi_of_a_hand_computed_example():
+    # shares (0.5, 0.5) on the reference, (0.25, 0.75) observed:
+    # (0.25 − 0.5) · ln(0.25 / 0.5) = −0.25 · −0.693147 = 0.173287
+    # (0.75 − 0.5) · ln(0.75 / 0.5) =  0.25 ·  0.405465 = 0.101366;  PSI = 0.274653 (without the ln: 0.25)
+    terms = statistics.psi_terms(np.array([2, 2]), np.array([1, 3]))
+    assert terms == pytest.approx([0.173287, 0.101366], abs=1e-6) and terms.sum() == pytest.approx(0.274653, abs=1e-6)
+    assert statistics.verdict(terms.sum()) == "drift" and statistics.verdict(terms.sum(), 0.1) == "too few images"
+    # 10 classes, 1,000 test images, 100 sent: 9 · (0.001 + 0.01) = 0.099, just enough images
+    assert statistics.expected_psi(10, 1000, 100) == pytest.approx(0.099)
+    assert statistics.worst(["too few images", "watch", "no drift"]) == "watch"
+    assert statistics.worst(["too few images", "too few images"]) == "too few images"
+
+
 def test_darker_photos_are_flagged_on_brightness(evaluation, tmp_path, capsys):
     images, targets = photos(datasets.FASHION_MNIST_TRAIN, PER_SET)
     darker = [ImageEnhance.Brightness(image).enhance(0.5) for image in images]
@@ -171,6 +215,47 @@ def test_labels_give_the_endpoints_accuracy_and_calibration(evaluation, tmp_path
     assert calibration["images"] == 400 and calibration["accuracy"] == pytest.approx(right.mean())
     assert sum(b["count"] for b in calibration["calibration_bins"]) == 400 and 0 < calibration["ece"] < 0.5
     assert "endpoint (labelled)" in (tmp_path / "drift.html").read_text()
+
+
+def test_labels_match_on_the_inference_id_where_the_capture_has_one(evaluation, tmp_path, capsys):
+    """As Model Monitor merges ground truth: on eventMetadata.inferenceId when the record has one, else eventId."""
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 200)
+    probabilities = answers(targets, seed=9)
+    records = [json.loads(line) for line in write_capture(tmp_path / "ready", images, probabilities)]
+    for i, record in enumerate(records[::2]):  # every other request was sent with an InferenceId
+        record["eventMetadata"]["inferenceId"] = f"order-{i}"
+    (tmp_path / "capture.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+    def ground_truth(event: str, target: int) -> str:
+        return json.dumps({"groundTruthData": {"data": str(target), "encoding": "CSV"},
+                           "eventMetadata": {"eventId": event}, "eventVersion": "0"})
+
+    truth = [ground_truth(r["eventMetadata"].get("inferenceId", r["eventMetadata"]["eventId"]), t)
+             for r, t in zip(records, targets)]
+    truth.append(ground_truth(records[0]["eventMetadata"]["eventId"], 0))  # its inferenceId wins: no match
+    (tmp_path / "labels.jsonl").write_text("\n".join(truth))
+    assert run(capsys, "--capture", str(tmp_path / "capture.jsonl"), "--report", str(evaluation), "--labels",
+               str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "drift.html"), "--json",
+               str(tmp_path / "drift.json"))[0] == 0
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert figures["labels"] == {"given": 201, "matched": 200} and figures["calibration"]["images"] == 200
+    assert figures["calibration"]["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == targets))
+    assert "200 of 201 labels matched a captured request" in (tmp_path / "drift.html").read_text()
+
+
+def test_labels_that_match_nothing_are_said_so(evaluation, tmp_path, capsys):
+    images, targets = photos(datasets.FASHION_MNIST_TRAIN, 150)
+    write_capture(tmp_path / "capture", images, answers(targets, seed=10))
+    (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps({
+        "groundTruthData": {"data": "Trouser", "encoding": "CSV"}, "eventMetadata": {"eventId": f"other-{i}"},
+        "eventVersion": "0"}) for i in range(3)))
+    assert run(capsys, "--capture", str(tmp_path / "capture"), "--report", str(evaluation), "--labels",
+               str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "drift.html"), "--json",
+               str(tmp_path / "drift.json"))[0] == 0
+    figures = json.loads((tmp_path / "drift.json").read_text())
+    assert figures["labels"] == {"given": 3, "matched": 0} and figures["calibration"] is None
+    page = (tmp_path / "drift.html").read_text()
+    assert "0 of 3 labels matched a captured request" in page and "No labels were given" not in page
 
 
 def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
@@ -208,6 +293,20 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     assert code == 1 and "no .jsonl capture files under s3://ic-capture/nothing-here" in err
 
 
+def test_a_refused_s3_read_of_the_report_is_not_a_missing_report(evaluation, tmp_path, capsys, monkeypatch):
+    """Only a 404 means metrics.json or baseline.json is missing: a 403 is S3's refusal, said as such."""
+    from botocore.exceptions import ClientError
+
+    class Denied:
+        def download_file(self, bucket, key, filename):
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: Denied())
+    code, _, err = run(capsys, "--capture", str(tmp_path), "--report", "s3://ic-capture/models/ic-job-1/metrics.json",
+                       "--out", str(tmp_path / "drift.html"))
+    assert code == 1 and "403: Forbidden" in err and "no evaluation report" not in err, err
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"instances": [1, 2]}', "not a SageMaker data-capture record"),
     ("not json at all", "not JSON"),
@@ -221,6 +320,19 @@ def test_capture_and_report_from_s3(aws, evaluation, tmp_path, capsys):
     (json.dumps({"captureData": {"endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
                                                     "data": '{"answer": 1}', "encoding": "JSON"}}}),
      'no "predictions" list'),
+    (json.dumps({"captureData": {"endpointInput": "an image"}}), "captureData.endpointInput is"),
+    # another model with as many classes: its labels, or its x-npy width, give it away
+    (answer_only(codec.encode(np.eye(10, dtype=np.float32)[None, 3], False, content_types.JSON,
+                              [f"digit {i}" for i in range(10)], 5), content_types.JSON),
+     "captured class id 3 is labelled 'digit 3', the report's class 3 is 'Dress'"),
+    (answer_only(npy(np.eye(12, dtype=np.float32)[None, 3]), content_types.NPY),
+     "has 12 probabilities per image, the report's model 10 classes"),
+    (answer_only(json.dumps({"predictions": [{"label": "T-shirt/top", "class_id": -1, "probability": 0.9}]})
+                 .encode(), content_types.JSON), "captured class id -1 is none of the report's 10 classes"),
+    (json.dumps({"captureData": {"endpointOutput": [1, 2]}}), "endpointOutput is [1, 2], not a JSON object"),
+    (json.dumps({"captureData": {"endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                                                    "data": '{"error": "refused"}', "encoding": "JSON"}},
+                 "eventMetadata": ["3f1c"]}), "eventMetadata is"),
 ])
 def test_bad_capture_files_are_refused_with_the_file_and_line(evaluation, tmp_path, capsys, line, message):
     folder = tmp_path / "capture" / "ic-endpoint" / "AllTraffic" / "2026" / "12" / "03" / "10"

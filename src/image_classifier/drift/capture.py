@@ -7,7 +7,8 @@ An endpoint with data capture writes, under its DestinationS3Uri,
                                        "data": "<the request body>", "encoding": "BASE64"},
                      "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
                                         "data": "<the response body>", "encoding": "JSON"}},
-     "eventMetadata": {"eventId": "<uuid>", "inferenceTime": "2026-12-03T10:00:00Z"},
+     "eventMetadata": {"eventId": "<uuid>", "inferenceId": "<the caller's InferenceId, if given>",
+                       "inferenceTime": "2026-12-03T10:00:00Z"},
      "eventVersion": "0"}
 
 `encoding` is BASE64 unless the endpoint config's CaptureContentTypeHeader names the content
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_classifier.artifacts import label_of
 from image_classifier.evaluation.baseline import image_figures
 from image_classifier.serving import codec, content_types
 from image_classifier.serving.errors import InferenceError
@@ -54,6 +56,12 @@ class Observation:
     width: int | None = None         # pixels, as decoded (EXIF orientation applied)
     height: int | None = None
     brightness: float | None = None  # mean luma, 0-255 (evaluation.baseline.brightness)
+    inference_id: str | None = None  # the InferenceId the caller gave (eventMetadata.inferenceId), if any
+
+    @property
+    def ground_truth_id(self) -> str:
+        """The id Model Monitor merges ground truth on: the inferenceId where the capture has one, else the eventId."""
+        return self.inference_id or self.event_id
 
 
 @dataclass
@@ -93,16 +101,37 @@ def _images(part: dict, where: str) -> list[dict | None]:
     return [image_figures(image) for image in inputs.images]
 
 
-def _predictions(part: dict, where: str) -> list[tuple[int, float]] | None:
+def _check_classes(predictions: list[tuple[int, float]], labels: list[str], where: str, width: int | None = None,
+                   answered: list | None = None) -> None:
+    """Refuse another model's answer: a class id out of `labels`' range, an x-npy row `width` other
+    than their number, or a JSON answer's top-1 label (`answered`) other than `labels[class_id]`."""
+    another = "is it another model's endpoint?"
+    if width is not None and width != len(labels):
+        raise CaptureError(f"{where}: the captured x-npy answer has {width} probabilities per image, the report's "
+                           f"model {len(labels)} classes: {another}")
+    for (class_id, _), label in zip(predictions, answered or [None] * len(predictions)):
+        if not 0 <= class_id < len(labels):
+            raise CaptureError(f"{where}: captured class id {class_id} is none of the report's {len(labels)} "
+                               f"classes (0 to {len(labels) - 1}): {another}")
+        if answered is not None and label != labels[class_id]:
+            raise CaptureError(f"{where}: captured class id {class_id} is labelled {label!r}, the report's class "
+                               f"{class_id} is {labels[class_id]!r}: {another}")
+
+
+def _predictions(part: dict, where: str, labels: list[str] | None = None) -> list[tuple[int, float]] | None:
     """Per image of the response: (top-1 class id, its probability); [] for a Grad-CAM overlay, None
-    for the server's error answer."""
+    for the server's error answer. With `labels` (the model's, `label_of` its class names), each
+    answer is checked against them (`_check_classes`)."""
     body, kind = _payload(part, where, "endpointOutput"), content_types.base_type(part.get("observedContentType"))
     if kind == content_types.PNG:
         return []  # an explanation's overlay (Accept: image/png): no probabilities in it
     try:
         if kind == content_types.NPY:
             rows = np.atleast_2d(np.load(io.BytesIO(body), allow_pickle=False))
-            return [(int(row.argmax()), float(row.max())) for row in rows]
+            found = [(int(row.argmax()), float(row.max())) for row in rows]
+            if labels is not None:
+                _check_classes(found, labels, where, width=rows.shape[-1])
+            return found
         document = json.loads(body)
     except (ValueError, OSError, EOFError) as exc:
         raise CaptureError(f"{where}: the captured response is not this server's {kind or 'answer'}: {exc}") from None
@@ -113,17 +142,27 @@ def _predictions(part: dict, where: str) -> list[tuple[int, float]] | None:
         raise CaptureError(f'{where}: the captured response has no "predictions" list (docs/serving/http-api.md)')
     lists = predictions if isinstance(predictions[0], list) else [predictions]
     try:
-        return [(int(top[0]["class_id"]), float(top[0]["probability"])) for top in lists]
-    except (KeyError, IndexError, TypeError, ValueError):
+        found = [(int(top[0]["class_id"]), float(top[0]["probability"])) for top in lists]
+        answered = [top[0].get("label") for top in lists]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise CaptureError(f"{where}: a captured prediction lacks class_id or probability") from None
+    if labels is not None:
+        _check_classes(found, labels, where, answered=answered)
+    return found
 
 
-def parse_record(line: str, where: str) -> list[Observation] | None:
+def parse_record(line: str, where: str, class_names: list[str] | None = None) -> list[Observation] | None:
     """The observations of one capture line (one per image); None when the server refused the request.
 
+    Args:
+        class_names: the report's model's classes, to refuse another model's answers; None: unchecked.
+
     Raises:
-        CaptureError: not JSON, not a data-capture record, a body that does not decode, or a
-            response with another number of predictions than the request had images.
+        CaptureError: not JSON, not a data-capture record (its captureData, endpointInput,
+            endpointOutput or eventMetadata not an object), a body that does not decode, a
+            response with another number of predictions than the request had images, or (with
+            `class_names`) another model's answer: a class id below 0 or beyond them, an x-npy
+            row of another width, a JSON top-1 label other than `label_of` the class's name.
     """
     try:
         record = json.loads(line)
@@ -134,7 +173,13 @@ def parse_record(line: str, where: str) -> list[Observation] | None:
         raise CaptureError(f"{where}: not a SageMaker data-capture record (no captureData.endpointInput "
                            f"or endpointOutput)")
     meta = record.get("eventMetadata") or {}
-    predictions = _predictions(data["endpointOutput"], where) if "endpointOutput" in data else []
+    for name, part in (("captureData.endpointInput", data.get("endpointInput", {})),
+                       ("captureData.endpointOutput", data.get("endpointOutput", {})), ("eventMetadata", meta)):
+        if not isinstance(part, dict):
+            raise CaptureError(f"{where}: {name} is {json.dumps(part)[:40]}, not a JSON object: not a SageMaker "
+                               f"data-capture record")
+    labels = None if class_names is None else [label_of(name) for name in class_names]
+    predictions = _predictions(data["endpointOutput"], where, labels) if "endpointOutput" in data else []
     if predictions is None:
         return None
     images = _images(data["endpointInput"], where) if "endpointInput" in data else []
@@ -143,8 +188,9 @@ def parse_record(line: str, where: str) -> list[Observation] | None:
     rows = []
     for i in range(max(len(images), len(predictions))):
         predicted = dict(zip(("class_id", "confidence"), predictions[i])) if predictions else {}
+        inference_id = str(meta["inferenceId"]) if meta.get("inferenceId") else None
         rows.append(Observation(str(meta.get("eventId", where)), str(meta.get("inferenceTime", "")), i,
-                                **predicted, **((images[i] or {}) if images else {})))
+                                **predicted, **((images[i] or {}) if images else {}), inference_id=inference_id))
     return rows
 
 
@@ -170,10 +216,11 @@ def _files(source: str) -> Iterator[tuple[str, str]]:
         yield str(file), file.read_text()
 
 
-def read(source: str) -> Capture:
+def read(source: str, class_names: list[str] | None = None) -> Capture:
     """Every observation in the capture files under `source`: a local folder (walked recursively),
     one .jsonl file, or an S3 prefix (s3://bucket/prefix: every .jsonl key below it, e.g. the
-    endpoint's DestinationS3Uri, or `…/{endpoint}/{variant}/2026/12` for one month).
+    endpoint's DestinationS3Uri, or `…/{endpoint}/{variant}/2026/12` for one month). With
+    `class_names` (the report's), another model's answers are refused (see `parse_record`).
 
     Raises:
         FileNotFoundError: no such folder, or no capture file (nor record) under `source`.
@@ -189,7 +236,7 @@ def read(source: str) -> Capture:
             if not line.strip():
                 continue
             capture.records += 1
-            rows = parse_record(line, f"{name}:{number}")
+            rows = parse_record(line, f"{name}:{number}", class_names)
             if rows is None:
                 capture.refused += 1
             else:

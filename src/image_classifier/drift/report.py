@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # (key in the result, name on the page, unit): the continuous figures compared
 FIGURES = (("confidence", "confidence", "top-1 probability"), ("width", "image width", "pixels"),
            ("height", "image height", "pixels"), ("brightness", "brightness", "mean luma, 0-255"))
-VERDICT_CSS = {"no drift": "", "watch": "Error", "drift": "IssuesFound"}  # html_page's row colours
+VERDICT_CSS = {"no drift": "", "watch": "Error", "drift": "IssuesFound",  # html_page's row colours
+               statistics.TOO_FEW: "NotApplicable"}
 
 
 def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -38,6 +39,7 @@ def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, A
 
     Raises:
         FileNotFoundError: no evaluation report there, or one without baseline.json.
+        botocore.exceptions.ClientError: S3 refused other than with a 404 (e.g. 403: no s3:GetObject).
     """
     if source.endswith(METRICS_FILE):
         if source.startswith("s3://"):
@@ -51,7 +53,9 @@ def load_report(source: str, workdir: Path) -> tuple[dict[str, Any], dict[str, A
                 try:
                     boto3.client("s3").download_file(bucket, f"{key.rpartition('/')[0]}/{name}".lstrip("/"),
                                                      str(workdir / name))
-                except botocore.exceptions.ClientError as exc:  # a 404: said below, by name
+                except botocore.exceptions.ClientError as exc:  # a 404: said below, by name; others raised
+                    if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                        raise
                     logger.debug("%s: %s", name, exc)
             directory = workdir
         else:
@@ -74,12 +78,14 @@ def read_labels(path: Path, class_names: list[str]) -> dict[tuple[str, int], int
     """The true classes of captured images, from a file in SageMaker Model Monitor's ground-truth format.
 
     One JSON record a line: `{"groundTruthData": {"data": "<label>", "encoding": "CSV"},
-    "eventMetadata": {"eventId": "<the capture's eventId>"}, "eventVersion": "0"}`; a label is a
+    "eventMetadata": {"eventId": "<id>"}, "eventVersion": "0"}`, the id being the capture's
+    `eventMetadata.inferenceId` where it has one, else its `eventId`, as Model Monitor merges
+    ground truth (AWS, "Ingest Ground Truth labels and merge them with predictions"); a label is a
     class folder name, its label (without the NNN. prefix) or a class id; a batched request has
     one label per image, comma-separated (CSV) or as a JSON list (encoding JSON).
 
     Returns:
-        (eventId, image index in the request) → class id.
+        (inferenceId or eventId, image index in the request) → class id.
 
     Raises:
         ValueError: a line that is not such a record, or a label no class has.
@@ -123,33 +129,41 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
         `verdict` (the worst figure's), `capture` and `reference` (counts, the test channel's
         accuracy and ECE), `thresholds` and their source, `class_mix`
         (`statistics.class_mix`), per figure of `FIGURES` `statistics.continuous` (None where
-        nothing was captured), and `calibration` (None without labels).
+        nothing was captured), `labels` (None without labels: else how many were `given` and
+        how many `matched` a captured image, on `Observation.ground_truth_id`), and
+        `calibration` (None without matched labels).
 
     Raises:
-        CaptureError: a captured class id the model does not have (another model's capture?).
+        CaptureError: a captured class id the model does not have (another model's capture?);
+            `read` with the report's class names says which file and line.
     """
     class_names = [row["class_name"] for row in summary["per_class"]]
     observations = capture.observations
     predicted = [o for o in observations if o.class_id is not None]
-    if any(o.class_id >= len(class_names) for o in predicted):
-        raise CaptureError(f"the capture holds class ids beyond the report's {len(class_names)} classes: "
-                           f"is it another model's endpoint?")
+    if any(not 0 <= o.class_id < len(class_names) for o in predicted):
+        raise CaptureError(f"the capture holds class ids outside the report's {len(class_names)} classes "
+                           f"(0 to {len(class_names) - 1}): is it another model's endpoint?")
     result: dict[str, Any] = {
         "capture": {"files": capture.files, "records": capture.records, "refused": capture.refused,
                     "images": len(observations), "predictions": len(predicted),
                     "measured": sum(o.width is not None for o in observations)},
         "reference": {key: summary[key] for key in ("channel", "images", "accuracy", "ece")},
         "thresholds": {"psi_watch": statistics.PSI_WATCH, "psi_drift": statistics.PSI_DRIFT,
-                       "source": "Siddiqi, Credit Risk Scorecards, Wiley 2006; Yurdakul, Statistical Properties "
-                                 "of Population Stability Index, Western Michigan University 2018"},
-        "class_mix": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
+                       "source": "Siddiqi, Credit Risk Scorecards, Wiley 2006, as reported by Yurdakul, Statistical "
+                                 "Properties of Population Stability Index, Western Michigan University 2018",
+                       "too_few_images": "expected_psi >= psi_watch: (bins - 1) * (1/N + 1/M), the expected PSI of "
+                                         "two samples of one distribution (Yurdakul 2018)"},
+        "class_mix": None, "labels": None, "calibration": None, **{key: None for key, _, _ in FIGURES},
     }
     if predicted:
         result["class_mix"] = statistics.class_mix(np.array(baseline["predicted"]),
                                                    np.array([o.class_id for o in predicted]), class_names)
     for key, (reference, observed) in values(baseline, capture).items():
         result[key] = statistics.continuous(reference, observed)
-    labelled = [(o, labels[(o.event_id, o.index)]) for o in predicted if labels and (o.event_id, o.index) in labels]
+    labelled = [(o, labels[(o.ground_truth_id, o.index)]) for o in predicted
+                if labels and (o.ground_truth_id, o.index) in labels]
+    if labels is not None:
+        result["labels"] = {"given": len(labels), "matched": len(labelled)}
     if labelled:
         result["calibration"] = statistics.calibration(np.array([o.confidence for o, _ in labelled]),
                                                        np.array([o.class_id == t for o, t in labelled]))
@@ -161,14 +175,14 @@ def compare(summary: dict[str, Any], baseline: dict[str, Any], capture: Capture,
 def _summary_rows(result: dict[str, Any]) -> tuple[list[list], list[str]]:
     rows, css = [], []
     if result["class_mix"]:
-        rows.append(["class mix (predicted)", f"{result['class_mix']['psi']:.4f}", result["class_mix"]["verdict"],
-                     "", "", "", ""])
+        rows.append(["class mix (predicted)", f"{result['class_mix']['psi']:.4f}",
+                     f"{result['class_mix']['expected_psi']:.4f}", result["class_mix"]["verdict"], "", "", "", ""])
         css.append(VERDICT_CSS[result["class_mix"]["verdict"]])
     for key, name, _ in FIGURES:
         f = result[key]
         if f:
-            rows.append([name, f"{f['psi']:.4f}", f["verdict"], f"{f['ks_statistic']:.4f}", f"{f['ks_pvalue']:.3g}",
-                         f"{f['reference_mean']:.4g}", f"{f['observed_mean']:.4g}"])
+            rows.append([name, f"{f['psi']:.4f}", f"{f['expected_psi']:.4f}", f["verdict"], f"{f['ks_statistic']:.4f}",
+                         f"{f['ks_pvalue']:.3g}", f"{f['reference_mean']:.4g}", f"{f['observed_mean']:.4g}"])
             css.append(VERDICT_CSS[f["verdict"]])
     return rows, css
 
@@ -183,15 +197,21 @@ def page(result: dict[str, Any], pairs: dict[str, tuple[np.ndarray, np.ndarray]]
              f"{captured['predictions']} with their prediction, {captured['measured']} with their pixels) against "
              f"the {reference['images']} images of the {reference['channel']} channel in the evaluation report.")
     rows, css = _summary_rows(result)
-    out.table(["figure", "PSI", "verdict", "KS D", "KS p-value", "test channel mean", "endpoint mean"], rows, css)
+    out.table(["figure", "PSI", "expected PSI without drift", "verdict", "KS D", "KS p-value", "test channel mean",
+               "endpoint mean"], rows, css)
     t = result["thresholds"]
     out.text(f"PSI, the population stability index: Σ (endpoint share − test share) · ln(endpoint share / test "
-             f"share) over the classes, or over the test channel's deciles of a continuous figure. Below "
-             f"{t['psi_watch']} no drift, {t['psi_watch']} to {t['psi_drift']} watch, {t['psi_drift']} and over "
-             f"drift: the usual rule of thumb ({t['source']}). The verdict is the worst row's. KS: the two-sample "
+             f"share) over the classes, or over the test channel's deciles of a continuous figure; a bin one "
+             f"side has no image in counts as a share of {statistics.EMPTY_SHARE:g} (this project's choice, "
+             f"not a published value). Below {t['psi_watch']} no drift, {t['psi_watch']} to {t['psi_drift']} "
+             f"watch, {t['psi_drift']} and over drift: the usual rule of thumb ({t['source']}). Those thresholds "
+             f"ignore how many images there are: two samples of one distribution, N test images and M "
+             f"endpoint images in B bins, have an expected PSI of about (B − 1) · (1/N + 1/M) (Yurdakul 2018): "
+             f"the column \"expected PSI without drift\". Where it reaches {t['psi_watch']}, the PSI cannot tell "
+             f"drift from chance and the row's verdict is \"{statistics.TOO_FEW}\". The verdict is the worst "
+             f"row's among those with enough images (\"{statistics.TOO_FEW}\" when none has). KS: the two-sample "
              f"Kolmogorov-Smirnov statistic D (the largest gap between the two cumulative distributions) and its "
-             f"p-value, for information: with thousands of images even a harmless difference has a tiny p-value. "
-             f"The PSI of a few hundred images carries sampling noise of the order of (bins − 1) / images.")
+             f"p-value, for information: with thousands of images even a harmless difference has a tiny p-value.")
     if result["class_mix"]:
         out.heading("Class mix")
         per_class = result["class_mix"]["per_class"]
@@ -218,9 +238,13 @@ def _calibration(out: Page, result: dict[str, Any], reference: dict[str, Any]) -
     from image_classifier.evaluation.plots import reliability_diagram
 
     out.heading("Calibration")
-    cal = result["calibration"]
+    cal, given = result["calibration"], result["labels"]
+    if given:
+        out.text(f"{given['matched']} of {given['given']} labels matched a captured request (on the capture's "
+                 f"inferenceId where it has one, else its eventId, as Model Monitor merges ground truth).")
     if not cal:
-        out.text("No labels were given (--labels): the endpoint's accuracy and calibration are unknown.")
+        out.text("The endpoint's accuracy and calibration are unknown." if given else
+                 "No labels were given (--labels): the endpoint's accuracy and calibration are unknown.")
         return
     out.table(["", "images", "accuracy", "ECE"],
               [["test channel", reference["images"], f"{reference['accuracy']:.4f}", f"{reference['ece']:.4f}"],
@@ -251,14 +275,15 @@ def main(capture_source: str, report_source: str, out: Path, json_path: Path | N
     """
     with tempfile.TemporaryDirectory() as workdir:
         summary, baseline = load_report(report_source, Path(workdir))
-    labels = read_labels(labels_path, [r["class_name"] for r in summary["per_class"]]) if labels_path else None
-    capture = read(capture_source)
+    class_names = [r["class_name"] for r in summary["per_class"]]
+    labels = read_labels(labels_path, class_names) if labels_path else None
+    capture = read(capture_source, class_names)
     result = compare(summary, baseline, capture, labels)
     write(result, values(baseline, capture), out, json_path)
     rows, _ = _summary_rows(result)
     print(f"verdict: {result['verdict']} ({result['capture']['images']} captured images against "
           f"{result['reference']['images']} of the {result['reference']['channel']} channel)")
     for row in rows:
-        print(f"  {row[0]:<22} PSI {row[1]}  {row[2]}")
+        print(f"  {row[0]:<22} PSI {row[1]}  {row[3]}")
     print(f"report: {out}" + (f", figures: {json_path}" if json_path else ""))
     return 0

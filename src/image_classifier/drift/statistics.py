@@ -5,10 +5,15 @@ the reference (the test channel) and of the endpoint's traffic in bin i, is
 
     PSI = Σ_i (a_i − e_i) · ln(a_i / e_i)
 
-(Siddiqi, "Credit Risk Scorecards", Wiley 2006; Yurdakul, "Statistical Properties of
-Population Stability Index", PhD thesis, Western Michigan University 2018). The rule of thumb
-both give: below 0.1 no significant change, 0.1 to 0.25 a change to watch, 0.25 and over a
-significant shift. Each class's term is its own contribution to the class mix's PSI.
+(Siddiqi, "Credit Risk Scorecards", Wiley 2006). Siddiqi's rule of thumb, which Yurdakul
+("Statistical Properties of Population Stability Index", PhD thesis, Western Michigan University
+2018) reports as the industry's: below 0.1 no significant change, 0.1 to 0.25 a change to watch,
+0.25 and over a significant shift. Yurdakul also shows that these fixed thresholds ignore the
+sample sizes: for N reference and M observed values drawn from one distribution, the PSI is
+approximately (1/N + 1/M) times a chi-squared variable with B − 1 degrees of freedom, so its
+expected value is (B − 1) · (1/N + 1/M). Where that expected value alone reaches the watch
+threshold, the PSI says nothing about drift: the figure's verdict is "too few images".
+Each class's term is its own contribution to the class mix's PSI.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
-PSI_WATCH = 0.1    # Siddiqi 2006; Yurdakul 2018: from here a change to watch
+PSI_WATCH = 0.1    # Siddiqi 2006 (reported by Yurdakul 2018): from here a change to watch
 PSI_DRIFT = 0.25   # and from here a significant shift
-VERDICTS = ("no drift", "watch", "drift")
+VERDICTS = ("no drift", "watch", "drift")  # least to most severe
+TOO_FEW = "too few images"  # the verdict where `expected_psi` ≥ PSI_WATCH (Yurdakul 2018)
 # A bin one side has no image in would make the logarithm infinite: its share is taken as
-# 0.0001 instead (the usual convention of PSI implementations; it only matters for empty bins).
+# 0.0001 instead. This project's choice, not a published value: small enough to leave the
+# other bins' shares as they are; it only matters for empty bins.
 EMPTY_SHARE = 1e-4
 CONTINUOUS_BINS = 10  # deciles of the reference, as the PSI is usually computed for a continuous figure
 
@@ -38,14 +45,26 @@ def psi_terms(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return (a - e) * np.log(a / e)
 
 
-def verdict(psi: float) -> str:
-    """"no drift" below `PSI_WATCH`, "watch" below `PSI_DRIFT`, else "drift"."""
+def expected_psi(bins: int, reference: int, observed: int) -> float:
+    """The PSI's expected value for two samples of one distribution, (bins − 1) · (1/reference +
+    1/observed) (Yurdakul 2018): `bins` bins, `reference` and `observed` values (counts, ≥ 1)."""
+    return (bins - 1) * (1 / reference + 1 / observed)
+
+
+def verdict(psi: float, expected: float = 0.0) -> str:
+    """`TOO_FEW` where `expected` (`expected_psi`) ≥ `PSI_WATCH`; else "no drift" below
+    `PSI_WATCH`, "watch" below `PSI_DRIFT`, and "drift"."""
+    if expected >= PSI_WATCH:
+        return TOO_FEW
     return VERDICTS[int(psi >= PSI_WATCH) + int(psi >= PSI_DRIFT)]
 
 
 def worst(verdicts: list[str]) -> str:
-    """The most severe of `verdicts` ("no drift" for none)."""
-    return VERDICTS[max((VERDICTS.index(v) for v in verdicts), default=0)]
+    """The most severe of `verdicts` that are not `TOO_FEW`; `TOO_FEW` when all are, "no drift" for none."""
+    judged = [v for v in verdicts if v != TOO_FEW]
+    if verdicts and not judged:
+        return TOO_FEW
+    return VERDICTS[max((VERDICTS.index(v) for v in judged), default=0)]
 
 
 def class_mix(reference: np.ndarray, observed: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -53,15 +72,16 @@ def class_mix(reference: np.ndarray, observed: np.ndarray, class_names: list[str
     of the test channel and of the endpoint's images.
 
     Returns:
-        `psi`, its `verdict`, and `per_class`: class_id, class_name, `reference_share` and
-        `observed_share` (0-1) and `psi` (the class's term).
+        `psi`, `expected_psi` (without drift, for these counts: `expected_psi`), the `verdict`,
+        and `per_class`: class_id, class_name, `reference_share` and `observed_share` (0-1) and
+        `psi` (the class's term).
     """
     classes = len(class_names)
     expected = np.bincount(reference, minlength=classes)[:classes]
     actual = np.bincount(observed, minlength=classes)[:classes]
     terms = psi_terms(expected, actual)
-    total = float(terms.sum())
-    return {"psi": total, "verdict": verdict(total),
+    total, noise = float(terms.sum()), expected_psi(classes, len(reference), len(observed))
+    return {"psi": total, "expected_psi": noise, "verdict": verdict(total, noise),
             "per_class": [{"class_id": i, "class_name": name, "reference_share": float(expected[i] / expected.sum()),
                            "observed_share": float(actual[i] / max(actual.sum(), 1)), "psi": float(terms[i])}
                           for i, name in enumerate(class_names)]}
@@ -78,8 +98,9 @@ def continuous(reference: np.ndarray, observed: np.ndarray) -> dict[str, Any]:
 
     Returns:
         `psi` over the reference's deciles (`bin_edges`; a value on an edge falls in the lower
-        bin), its `verdict`, the two-sample Kolmogorov-Smirnov `ks_statistic` (the largest gap
-        between the two empirical CDFs, 0-1) and `ks_pvalue` (scipy.stats.ks_2samp, two-sided),
+        bin), `expected_psi` (without drift, for these bins and counts: `expected_psi`), the
+        `verdict`, the two-sample Kolmogorov-Smirnov `ks_statistic` (the largest gap between
+        the two empirical CDFs, 0-1) and `ks_pvalue` (scipy.stats.ks_2samp, two-sided),
         the `reference_mean` and `observed_mean`, and the counts `reference_images` and `observed_images`.
     """
     from scipy.stats import ks_2samp
@@ -88,8 +109,10 @@ def continuous(reference: np.ndarray, observed: np.ndarray) -> dict[str, Any]:
     expected = np.bincount(np.searchsorted(edges, reference, side="left"), minlength=len(edges) + 1)
     actual = np.bincount(np.searchsorted(edges, observed, side="left"), minlength=len(edges) + 1)
     psi = float(psi_terms(expected, actual).sum())
+    noise = expected_psi(len(edges) + 1, len(reference), len(observed))
     ks = ks_2samp(reference, observed)
-    return {"psi": psi, "verdict": verdict(psi), "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+    return {"psi": psi, "expected_psi": noise, "verdict": verdict(psi, noise),
+            "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
             "reference_mean": float(np.mean(reference)), "observed_mean": float(np.mean(observed)),
             "reference_images": len(reference), "observed_images": len(observed)}
 
