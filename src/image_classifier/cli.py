@@ -271,7 +271,8 @@ def _add_drift(sub: argparse._SubParsersAction) -> None:
                         "job's output folder or output.tar.gz, or s3://.../JOB/ (its output/output.tar.gz)")
     p.add_argument("--labels", type=Path, default=None, metavar="FILE",
                    help="true classes of captured requests, JSON Lines in Model Monitor's ground-truth format "
-                        "(groundTruthData.data, eventMetadata.eventId): adds accuracy and calibration")
+                        "(groundTruthData.data; eventMetadata.inferenceId where the capture has one, else "
+                        "eventId): adds accuracy and calibration")
     p.add_argument("--out", type=Path, default=Path("drift.html"), help="the page (default: %(default)s); "
                                                                         "its PNGs go beside it")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
