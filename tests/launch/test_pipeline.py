@@ -64,9 +64,11 @@ def test_definition_training_step(definition):
     request = train["Arguments"]
     assert request["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == metrics.metric_definitions()
+    # HyperParameters takes strings: the Integer and Float parameters go in as a Std:Join of themselves
     assert request["HyperParameters"] == {
-        "freeze": "none", "model": {"Get": "Parameters.Model"}, "epochs": {"Get": "Parameters.Epochs"},
-        "lr": {"Get": "Parameters.LearningRate"}, "batch-size": {"Get": "Parameters.BatchSize"}}
+        "freeze": "none", "model": {"Get": "Parameters.Model"},
+        **{key: {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}}
+           for key, name in (("epochs", "Epochs"), ("lr", "LearningRate"), ("batch-size", "BatchSize"))}}
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
     assert channels == {c: {"Std:Join": {"On": "/", "Values": [{"Get": "Parameters.TrainingData"}, c]}}
                         for c in ("train", "valid", "test")}

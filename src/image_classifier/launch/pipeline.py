@@ -184,8 +184,11 @@ def _training_step(args: argparse.Namespace, session, parameters: dict[str, Any]
     from sagemaker.mlops.workflow.steps import TrainingStep
     from sagemaker.train.model_trainer import ModelTrainer
 
+    # HyperParameters is a string → string map: CreatePipeline refuses an Integer or Float parameter there
+    # ("Cannot assign property reference [Parameters.X] to argument of type [String]"); to_string() is a
+    # Std:Join of the one value (a String parameter is itself)
     hyperparameters = {**parse_static(args.hyperparameter),
-                       **{key: parameters[name] for key, name in HYPERPARAMETERS.items()}}
+                       **{key: parameters[name].to_string() for key, name in HYPERPARAMETERS.items()}}
     trainer = ModelTrainer(
         training_image=args.train_image, role=args.role, base_job_name="image-classifier",
         sagemaker_session=session,
