@@ -29,6 +29,11 @@ to `<S3OutputPath>/<key relative to the input prefix>.out`; then the job is Comp
 (with the first error as FailureReason) when any object was not answered with 200, whose `.out`
 is not written.
 
+moto filters ListModelPackages by ModelApprovalStatus before it pages; AWS may page first, so that
+a page holds none of the matches and still has a NextToken (the MLOps project templates page on).
+The emulator pages first, then filters the page: a client that reads only the first page misses
+the packages of the later ones.
+
 moto runs no pipeline: its executions are Succeeded at once, and it has no ListPipelineExecutionSteps.
 The emulator adds a run of the definition's shape (API_DescribePipelineExecution,
 API_ListPipelineExecutionSteps): the first DescribePipelineExecution answers `Executing`, then the
@@ -51,6 +56,7 @@ import boto3
 import requests
 from moto.core.responses import ActionResult
 from moto.sagemaker.exceptions import ValidationError
+from moto.sagemaker.models import SageMakerModelBackend
 from moto.sagemaker.responses import SageMakerResponse
 
 FAIL_ENV = "EMULATOR_UPDATE_FAILS"
@@ -190,6 +196,12 @@ def list_pipeline_execution_steps(self: SageMakerResponse) -> ActionResult:
     return ActionResult({"PipelineExecutionSteps": [{**s, "StartTime": now} for s in reversed(steps)]})
 
 
+def list_model_packages(self: SageMakerModelBackend, model_approval_status: str | None = None, **kwargs):
+    """moto's ListModelPackages, paged before the approval status filters the page."""
+    page, token = _original_list_model_packages(self, model_approval_status=None, **kwargs)
+    return [p for p in page if model_approval_status in (None, p.model_approval_status)], token
+
+
 def _without_empty_structures(describe):
     def answer(self: SageMakerResponse) -> ActionResult:
         result = describe(self).result
@@ -207,6 +219,8 @@ SageMakerResponse.create_transform_job = create_transform_job
 _original_describe_pipeline_execution = SageMakerResponse.describe_pipeline_execution
 SageMakerResponse.describe_pipeline_execution = describe_pipeline_execution
 SageMakerResponse.list_pipeline_execution_steps = list_pipeline_execution_steps
+_original_list_model_packages = SageMakerModelBackend.list_model_packages
+SageMakerModelBackend.list_model_packages = list_model_packages
 
 if __name__ == "__main__":
     from moto.server import main

@@ -133,6 +133,20 @@ def test_the_latest_approved_is_the_newest_and_a_rejected_one_is_not_deployed(aw
     assert "is Rejected, not Approved" in capsys.readouterr().err and not received("CreateModel")
 
 
+def test_the_latest_approved_is_found_past_pages_of_pending_ones(aws, received, capsys):
+    # the emulator pages before it filters (as AWS may): the first pages hold only the newer pending packages
+    training_job("reg-paged")
+    approved = register(capsys, "--group", "ic-paged", "--training-job", "reg-paged", "--approve")["ModelPackageArn"]
+    for _ in range(3):
+        register(capsys, "--group", "ic-paged", "--training-job", "reg-paged")
+    first = sm().list_model_packages(ModelPackageGroupName="ic-paged", ModelApprovalStatus="Approved",
+                                     SortBy="CreationTime", SortOrder="Descending", MaxResults=2)
+    assert first["ModelPackageSummaryList"] == [] and first["NextToken"]  # what one request alone would see
+    listed = len(received("ListModelPackages"))
+    assert model_packages.latest_approved(sm(), "ic-paged", page_size=2) == approved
+    assert len(received("ListModelPackages")) - listed == 2
+
+
 def test_the_group_is_made_once_and_the_report_uploaded_once(aws, received, capsys):
     training_job("reg-once")
     for version in (1, 2):

@@ -56,19 +56,22 @@ def check_group(name: str) -> str:
     return name
 
 
-def latest_approved(sm, group: str) -> str:
-    """The ARN of the newest Approved model package of `group` (ListModelPackages, by CreationTime).
+def latest_approved(sm, group: str, page_size: int = 10) -> str:
+    """The ARN of the newest Approved model package of `group` (ListModelPackages, by CreationTime,
+    `page_size` summaries a request).
 
     Raises:
         ValueError: the group holds no Approved package (the message says how to approve one).
     """
-    found = sm.list_model_packages(ModelPackageGroupName=group, ModelApprovalStatus=APPROVED,
-                                   SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
-    summaries = found.get("ModelPackageSummaryList", [])
-    if not summaries:
-        raise ValueError(f"model package group {group} holds no Approved model package: approve one with "
-                         "scripts/register.py --approve-arn ARN")
-    return summaries[0]["ModelPackageArn"]
+    # a page of a filtered list may be empty and still have a NextToken: page on to the first summary
+    pages = sm.get_paginator("list_model_packages").paginate(
+        ModelPackageGroupName=group, ModelApprovalStatus=APPROVED, SortBy="CreationTime", SortOrder="Descending",
+        PaginationConfig={"PageSize": page_size})
+    for page in pages:
+        for summary in page.get("ModelPackageSummaryList", []):
+            return summary["ModelPackageArn"]
+    raise ValueError(f"model package group {group} holds no Approved model package: approve one with "
+                     "scripts/register.py --approve-arn ARN")
 
 
 def approved_package(sm, arn: str) -> dict[str, Any]:
