@@ -156,6 +156,7 @@ def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
     (["--upsert", "--param", "Epochs=3"], "go with --start"),
     (["--upsert", "--hyperparameter", "epochs=3"], "--param Epochs="),
     ([], "nothing to do"),
+    (["--definition-out", "/nowhere/definition.json"], "no folder /nowhere"),
 ])
 def test_bad_arguments_refused_before_any_call(aws, received, capsys, args, words):
     code = pipeline.main([*ARGS, *args])

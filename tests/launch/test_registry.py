@@ -2,6 +2,7 @@
 deploy the latest Approved package, predict; dry runs and refusals."""
 
 import json
+import random
 
 import boto3
 import pytest
@@ -177,6 +178,35 @@ def test_a_job_without_an_evaluation_report_is_not_registered(aws, received, cap
                           "--training-job", "reg-no-report"]) == 1
     assert "holds no evaluation/metrics.json" in capsys.readouterr().err
     assert not received("CreateModelPackage")
+
+
+NOISE = random.Random(0).randbytes(20_000)  # a debug tensor gzip cannot shrink: a cut archive ends inside it
+
+
+@pytest.mark.parametrize("archive", [
+    b"not a gzip file", tar_gz({"debug/000.tfevents": NOISE, "evaluation/metrics.json": b"{}"})[:5000]],
+    ids=["not-gzip", "truncated"])
+def test_a_corrupt_output_archive_is_one_line(aws, received, capsys, archive):
+    training_job("reg-corrupt")
+    s3().put_object(Bucket=BUCKET, Key="jobs/reg-corrupt/output/output.tar.gz", Body=archive)
+    assert registry.main(["--region", "us-east-1", "--group", "ic-corrupt", "--image", IMAGE,
+                          "--training-job", "reg-corrupt"]) == 1
+    err = capsys.readouterr().err
+    assert "output.tar.gz is not a readable .tar.gz" in err and "Traceback" not in err
+    assert not received("CreateModelPackage")
+
+
+def test_a_package_without_a_model_tar_gz_is_not_deployed(aws, received, capsys):
+    sm().create_model_package_group(ModelPackageGroupName="ic-source")
+    source = {"S3DataSource": {"S3Uri": f"s3://{BUCKET}/uncompressed/", "S3DataType": "S3Prefix",
+                               "CompressionType": "None"}}
+    arn = sm().create_model_package(
+        ModelPackageGroupName="ic-source", ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataSource": source}],
+                                "SupportedContentTypes": ["image/jpeg"],
+                                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+    assert deploy.main(["--region", "us-east-1", "--role", ROLE, "--model-package", arn]) == 2
+    assert "has no ModelDataUrl" in capsys.readouterr().err and not received("CreateModel")
 
 
 def test_dry_run_sends_nothing_and_the_emulator_accepts_its_requests(aws, received, capsys):

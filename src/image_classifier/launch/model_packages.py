@@ -98,7 +98,8 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace,
 
     Raises:
         ValueError: a malformed ARN or group name, `--image` given too (the package names its image),
-            what `check` refuses (all three before any request); no Approved package.
+            what `check` refuses (all three before any request); no Approved package; a package
+            without a ModelDataUrl.
     """
     if not (args.model_package or args.latest_approved):
         return
@@ -114,6 +115,9 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace,
     sm = boto_session.client("sagemaker")
     arn = args.model_package or latest_approved(sm, args.latest_approved)
     container = approved_package(sm, arn)["InferenceSpecification"]["Containers"][0]
+    if "ModelDataUrl" not in container:  # e.g. uncompressed model data, a ModelDataSource
+        raise ValueError(f"model package {arn} names no model.tar.gz (its container has no ModelDataUrl): "
+                         "register one with scripts/register.py --model-data s3://.../model.tar.gz")
     logger.info("deploying model package %s: %s with %s", arn, container["Image"], container["ModelDataUrl"])
     args.model_package, args.image, args.model_data = arn, container["Image"], container["ModelDataUrl"]
 

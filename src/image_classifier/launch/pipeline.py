@@ -139,6 +139,8 @@ def check(args: argparse.Namespace) -> list[dict[str, str]]:
         raise ValueError("--param and --wait go with --start")
     if not (args.upsert or args.start or args.definition_out):
         raise ValueError("nothing to do: give --upsert, --start or --definition-out FILE")
+    if args.definition_out and not Path(args.definition_out).parent.is_dir():
+        raise ValueError(f"--definition-out {args.definition_out}: no folder {Path(args.definition_out).parent}")
     return overrides(args.param)
 
 

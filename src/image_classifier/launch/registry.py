@@ -22,9 +22,11 @@ local report instead (e.g. from a local training run).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,7 @@ def read_report(s3, model_data: str) -> bytes:
     """The evaluation report's metrics.json in the output.tar.gz beside `model_data`, streamed.
 
     Raises:
-        RegistryError: no output.tar.gz there, or no report in it.
+        RegistryError: no output.tar.gz there, one that is not a .tar.gz, or no report in it.
     """
     bucket, key = parse_s3_uri(model_data)
     archive = f"{key.rpartition('/')[0]}/{OUTPUT_ARCHIVE}"
@@ -152,10 +154,14 @@ def read_report(s3, model_data: str) -> bytes:
             raise
         raise RegistryError(f"no s3://{bucket}/{archive} beside the model data, so no evaluation report: "
                             f"give the job's {METRICS_FILE} with --metrics FILE") from None
-    with tarfile.open(fileobj=body, mode="r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.removeprefix("./") == REPORT_MEMBER:
-                return tar.extractfile(member).read()
+    try:
+        with tarfile.open(fileobj=body, mode="r|gz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.removeprefix("./") == REPORT_MEMBER:
+                    return tar.extractfile(member).read()
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise RegistryError(f"s3://{bucket}/{archive} is not a readable .tar.gz ({exc}): give the job's "
+                            f"{METRICS_FILE} with --metrics FILE") from None
     raise RegistryError(f"s3://{bucket}/{archive} holds no {REPORT_MEMBER} (the job wrote no evaluation report): "
                         f"give one with --metrics FILE")
 
