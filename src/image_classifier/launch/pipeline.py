@@ -31,7 +31,13 @@ import boto3
 from botocore.exceptions import ClientError
 
 from image_classifier.launch import metrics
-from image_classifier.launch.common import parse_static, positive_int
+from image_classifier.launch.common import (
+    BASE_JOB_NAME,
+    MAX_RUNTIME,
+    TRAINING_INSTANCE_TYPE,
+    parse_static,
+    positive_int,
+)
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
 from image_classifier.launch.model_packages import APPROVED, PENDING, REJECTED
@@ -75,12 +81,12 @@ PARAMETERS = {p.name: p for p in (
     Parameter("Epochs", "Integer", _default("epochs"), "hyperparameter epochs"),
     Parameter("LearningRate", "Float", _default("lr"), "hyperparameter lr: the peak learning rate"),
     Parameter("BatchSize", "Integer", _default("batch_size"), "hyperparameter batch-size, images per step"),
-    Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge", "instance type of the training job"),
+    Parameter("TrainingInstanceType", "String", TRAINING_INSTANCE_TYPE, "instance type of the training job"),
     Parameter("TrainingInstanceCount", "Integer", 1, "instances of the training job"),
     # a placeholder bar: set it from the test accuracy of the model in production (its evaluation report)
     Parameter("MinTestMetric", "Float", 0.8, "register only when the final test metric is at least this"),
     Parameter("ModelPackageGroupName", "String", "image-classifier", "model package group to register in"),
-    Parameter("ModelApprovalStatus", "String", "PendingManualApproval",
+    Parameter("ModelApprovalStatus", "String", PENDING,
               f"approval status of the new model package: {', '.join(APPROVAL_STATUSES)}"),
 )}
 HYPERPARAMETERS = {"model": "Model", "epochs": "Epochs", "lr": "LearningRate", "batch-size": "BatchSize"}
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="test_accuracy", choices=QUALITY_METRICS,
                         help="the final test metric the condition checks against MinTestMetric (default: "
                              "%(default)s)")
-    parser.add_argument("--max-runtime", type=positive_int, default=3600, help="seconds the training job may run")
+    parser.add_argument("--max-runtime", type=positive_int, default=MAX_RUNTIME,
+                        help="seconds the training job may run")
     parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                         help="a fixed hyperparameter of the training job, not a parameter (repeatable)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
@@ -130,7 +137,6 @@ def check(args: argparse.Namespace) -> list[dict[str, str]]:
     for flag, value in (("--data", args.data), ("--output", args.output)):
         if not value.startswith("s3://"):
             raise ValueError(f"{flag} takes an S3 URI (s3://bucket/prefix), got {value!r}")
-    parse_static(args.hyperparameter)
     clash = set(parse_static(args.hyperparameter)) & set(HYPERPARAMETERS)
     if clash:
         raise ValueError(f"{', '.join(sorted(clash))} are pipeline parameters: give them per execution with "
@@ -192,7 +198,7 @@ def _training_step(args: argparse.Namespace, session, parameters: dict[str, Any]
     hyperparameters = {**parse_static(args.hyperparameter),
                        **{key: parameters[name].to_string() for key, name in HYPERPARAMETERS.items()}}
     trainer = ModelTrainer(
-        training_image=args.train_image, role=args.role, base_job_name="image-classifier",
+        training_image=args.train_image, role=args.role, base_job_name=BASE_JOB_NAME,
         sagemaker_session=session,
         compute=Compute(instance_type=parameters["TrainingInstanceType"],
                         instance_count=parameters["TrainingInstanceCount"]),

@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation.report import METRICS_FILE
 from image_classifier.launch import model_packages, variants
+from image_classifier.launch.batch_transform import INSTANCE_TYPE as TRANSFORM_INSTANCE_TYPE
 from image_classifier.launch.deploy import INSTANCE_TYPE, model_data_of
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on, one_line
@@ -52,8 +53,8 @@ OUTPUT_ARCHIVE = "output.tar.gz"  # the job's output/data, as SageMaker uploads 
 REPORT_MEMBER = f"{REPORT_DIR}/{METRICS_FILE}"  # the evaluation report's figures, inside output.tar.gz
 # CPU instances the package is registered for (the server runs on CPUs; OpenVINO int8 wants AVX-512
 # VNNI: m5/c5 have it); deploy.py's default first, then batch_transform.py's
-REALTIME_INSTANCE_TYPES = (INSTANCE_TYPE, "ml.m5.xlarge", "ml.c5.xlarge", "ml.c5.2xlarge")
-TRANSFORM_INSTANCE_TYPES = ("ml.m5.xlarge", "ml.m5.large", "ml.c5.xlarge", "ml.c5.2xlarge")
+REALTIME_INSTANCE_TYPES = (INSTANCE_TYPE, TRANSFORM_INSTANCE_TYPE, "ml.c5.xlarge", "ml.c5.2xlarge")
+TRANSFORM_INSTANCE_TYPES = (TRANSFORM_INSTANCE_TYPE, "ml.m5.large", "ml.c5.xlarge", "ml.c5.2xlarge")
 REGISTER_ONLY = ("training_job", "model_data", "image", "description", "metrics", "realtime_instance_type",
                  "transform_instance_type")
 
