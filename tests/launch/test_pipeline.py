@@ -157,6 +157,10 @@ def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
     (["--upsert", "--hyperparameter", "epochs=3"], "--param Epochs="),
     ([], "nothing to do"),
     (["--definition-out", "/nowhere/definition.json"], "no folder /nowhere"),
+    (["--start", "--param", "ModelPackageGroupName=ic_models"], "model package group name"),
+    (["--start", "--param", "ModelPackageGroupName=" + "m" * 64], "model package group name"),
+    (["--start", "--param", "TrainingInstanceType=ml.g4dn.huge"], "offers no ml.g4dn.huge"),
+    (["--start", "--param", "TrainingInstanceType=ml.t2.medium"], "offers no ml.t2.medium"),  # an endpoint's only
 ])
 def test_bad_arguments_refused_before_any_call(aws, received, capsys, args, words):
     code = pipeline.main([*ARGS, *args])

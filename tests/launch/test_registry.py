@@ -230,6 +230,9 @@ def test_dry_run_sends_nothing_and_the_emulator_accepts_its_requests(aws, receiv
 
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/ic-bad/1"
+# model package ARNs UpdateModelPackage's ModelPackageArn takes and DescribeModelPackage's ModelPackageName does not
+NOT_NAMES = [ARN.replace("ic-bad", "ic_bad"), ARN.replace("ic-bad", "ic-bad-"), ARN.replace("ic-bad", "m" * 64),
+             ARN.replace("/1", "/1/2")]
 REGISTER = ["--group", "ic-bad", "--image", IMAGE, "--training-job", "t-1"]
 
 
@@ -243,6 +246,9 @@ REGISTER = ["--group", "ic-bad", "--image", IMAGE, "--training-job", "t-1"]
     (registry.main, [*REGISTER, "--realtime-instance-type", "ml.m5.huge"], "offers no ml.m5.huge"),
     (registry.main, [*REGISTER, "--transform-instance-type", "ml.t2.medium"], "offers no ml.t2.medium"),
     (registry.main, ["--approve-arn", "ic-bad/1"], "not a model package ARN"),
+    *[(main, [flag, arn], "not a model package ARN") for arn in NOT_NAMES
+      for main, flag in ((registry.main, "--approve-arn"), (registry.main, "--reject-arn"))],
+    *[(deploy.main, ["--role", ROLE, "--model-package", arn], "not a model package ARN") for arn in NOT_NAMES],
     (registry.main, ["--reject-arn", ARN, "--image", IMAGE], "--image only go with --group"),
     (registry.main, ["--approve-arn", ARN, "--approve"], "--approve only go with --group"),
     (deploy.main, ["--role", ROLE, "--model-package", "arn:aws:sagemaker:us-east-1:1:model/x"], "not a model package"),

@@ -12,22 +12,25 @@ lineage). Only an Approved package is deployed: approving is what the registry i
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 import boto3
+import botocore.session
 
 from image_classifier.launch import variants
 
 logger = logging.getLogger(__name__)
 
 APPROVED, PENDING, REJECTED = "Approved", "PendingManualApproval", "Rejected"  # ModelApprovalStatus
-# botocore's ModelPackageArn pattern (the service model of CreateModel / UpdateModelPackage)
 # what deploy.py's checks see of a package before it is read: its container's image and model data
 STAND_IN_IMAGE, STAND_IN_DATA = "the model package's image", "s3://the-model-package/model.tar.gz"
-ARN_PATTERN = re.compile(r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]{9,16}:[0-9]{12}:model-package/[\S]{1,2048}")
+# the shapes of botocore's service model a package's ARN is sent as: UpdateModelPackage's ModelPackageArn,
+# DescribeModelPackage's and CreateModel's ModelPackageName (a group name of at most 63 characters, a version)
+ARN_SHAPES = ("ModelPackageArn", "VersionedArnOrName")
 
 
 def add_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
@@ -40,9 +43,21 @@ def add_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
                              "variant")
 
 
+@functools.cache
+def _arn_checks() -> tuple[tuple[re.Pattern, int], ...]:
+    """(pattern, most characters) of each of ARN_SHAPES, from botocore's service model."""
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return tuple((re.compile(model.shape_for(shape).metadata["pattern"]), model.shape_for(shape).metadata["max"])
+                 for shape in ARN_SHAPES)
+
+
 def check_arn(arn: str) -> str:
-    """`arn` if it is a model package's ARN. Raises: ValueError: otherwise (the message shows one)."""
-    if not ARN_PATTERN.fullmatch(arn):
+    """`arn` if it is a model package's ARN that every request taking one takes.
+
+    Raises:
+        ValueError: otherwise (the message shows one).
+    """
+    if not all(pattern.fullmatch(arn) and len(arn) <= most for pattern, most in _arn_checks()):
         raise ValueError(f"not a model package ARN: {arn!r} (expected "
                          "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION)")
     return arn

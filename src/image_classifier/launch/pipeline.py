@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from image_classifier.launch import metrics
+from image_classifier.launch import metrics, model_packages, registry
 from image_classifier.launch.common import (
     BASE_JOB_NAME,
     MAX_RUNTIME,
@@ -154,7 +154,8 @@ def overrides(pairs: list[str]) -> list[dict[str, str]]:
     """`["Epochs=10"]` → `[{"Name": "Epochs", "Value": "10"}]` (StartPipelineExecution's shape).
 
     Raises:
-        ValueError: a pair without `=`, an unknown name, or a value its parameter's type refuses.
+        ValueError: a pair without `=`, an unknown name, a value its parameter's type refuses, or one
+            the request it goes into would (a group name, an instance type).
     """
     found = []
     for pair in pairs:
@@ -170,6 +171,11 @@ def overrides(pairs: list[str]) -> list[dict[str, str]]:
             raise ValueError(f"--param ModelApprovalStatus takes one of {', '.join(APPROVAL_STATUSES)}, got {value!r}")
         if name == "TrainingData" and not value.startswith("s3://"):
             raise ValueError(f"--param TrainingData takes an S3 URI, got {value!r}")
+        if name == "ModelPackageGroupName":
+            model_packages.check_group(value)
+        if name == "TrainingInstanceType":
+            registry.instance_types([value], (TRAINING_INSTANCE_TYPE,), "TrainingInstanceType",
+                                    "--param TrainingInstanceType")
         found.append({"Name": name, "Value": value})
     return found
 

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: str, flag: str) -> list[str]:
+def instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: str, flag: str) -> list[str]:
     """`given` (or `defaults`), each checked against the enum of botocore's `shape`.
 
     Raises:
@@ -108,13 +108,13 @@ def _instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: s
 
 def realtime_types(args: argparse.Namespace) -> list[str]:
     """SupportedRealtimeInferenceInstanceTypes. Raises: ValueError: one SageMaker does not offer."""
-    return _instance_types(args.realtime_instance_type, REALTIME_INSTANCE_TYPES, "ProductionVariantInstanceType",
+    return instance_types(args.realtime_instance_type, REALTIME_INSTANCE_TYPES, "ProductionVariantInstanceType",
                            "--realtime-instance-type")
 
 
 def transform_types(args: argparse.Namespace) -> list[str]:
     """SupportedTransformInstanceTypes. Raises: ValueError: one SageMaker does not offer."""
-    return _instance_types(args.transform_instance_type, TRANSFORM_INSTANCE_TYPES, "TransformInstanceType",
+    return instance_types(args.transform_instance_type, TRANSFORM_INSTANCE_TYPES, "TransformInstanceType",
                            "--transform-instance-type")
 
 
