@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from image_classifier.launch import metrics, pipeline, registry
 from image_classifier.serving import content_types
@@ -142,6 +143,48 @@ def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
     # a dry run reads (DescribePipeline: create or update), changes nothing
     assert [r["operation"] for r in received()] == ["DescribePipeline"]
     assert "ic-dry" not in [p["PipelineName"] for p in sm().list_pipelines()["PipelineSummaries"]]
+
+
+def emulated(name: str, condition: dict, parameters: list[dict] = ()) -> dict:
+    """Run a pipeline of a Training step and a Condition step (`condition`, Register or Fail) in the emulator;
+    its settled DescribePipelineExecution."""
+    below = {"Name": "Below", "Type": "Fail", "Arguments": {"ErrorMessage": "below"}}
+    check = {"Name": "Check", "Type": "Condition",
+             "Arguments": {"Conditions": [condition], "IfSteps": [], "ElseSteps": [below]}}
+    definition = {"Version": "2020-12-01", "Parameters": [{"Name": "Bar", "Type": "Float", "DefaultValue": 0.9}],
+                  "Steps": [{"Name": "Train", "Type": "Training", "Arguments": {}}, check]}
+    sm().create_pipeline(PipelineName=name, PipelineDefinition=json.dumps(definition), RoleArn=ROLE)
+    arn = sm().start_pipeline_execution(PipelineName=name, PipelineParameters=list(parameters))["PipelineExecutionArn"]
+    sm().describe_pipeline_execution(PipelineExecutionArn=arn)  # Executing
+    return sm().describe_pipeline_execution(PipelineExecutionArn=arn)
+
+
+METRIC = {"Get": "Steps.Train.FinalMetricDataList['test_accuracy'].Value"}  # the emulator's 0.9
+
+
+@pytest.mark.parametrize("kind, right, status", [
+    ("GreaterThanOrEqualTo", {"Get": "Parameters.Bar"}, "Succeeded"),
+    ("GreaterThan", {"Get": "Parameters.Bar"}, "Failed"),
+    ("GreaterThan", 0.5, "Succeeded"),
+    ("LessThan", 0.95, "Succeeded"),
+    ("LessThanOrEqualTo", 0.5, "Failed"),
+    ("Equals", 0.9, "Succeeded"),
+])
+def test_the_emulator_applies_the_condition_type(aws, kind, right, status):
+    condition = {"Type": kind, "LeftValue": METRIC, "RightValue": right}
+    assert emulated(f"ic-cond-{kind}-{status}", condition)["PipelineExecutionStatus"] == status
+
+
+@pytest.mark.parametrize("left, parameters", [
+    ({"Get": "Parameters.Nope"}, []),  # a parameter the definition does not declare
+    ({"Get": "Steps.Tran.FinalMetricDataList['test_accuracy'].Value"}, []),  # no such step
+    ({"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}, []),  # not a metric
+    (METRIC, [{"Name": "Nope", "Value": "1"}]),  # a value for no parameter
+], ids=["parameter", "step", "property", "value"])
+def test_the_emulator_refuses_what_it_cannot_resolve(aws, left, parameters):
+    with pytest.raises(ClientError, match="ValidationException"):
+        emulated(f"ic-unresolved-{len(left['Get'])}-{len(parameters)}",
+                 {"Type": "GreaterThanOrEqualTo", "LeftValue": left, "RightValue": 0.5}, parameters)
 
 
 @pytest.mark.parametrize("args, words", [
