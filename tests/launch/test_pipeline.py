@@ -100,6 +100,7 @@ def test_definition_condition_registration_and_failure(definition):
     assert spec["SupportedResponseMIMETypes"] == list(content_types.RESPONSE_TYPES)
     assert spec["SupportedRealtimeInferenceInstanceTypes"] == list(registry.REALTIME_INSTANCE_TYPES)
     assert spec["SupportedTransformInstanceTypes"] == list(registry.TRANSFORM_INSTANCE_TYPES)
+    assert package["CustomerMetadataProperties"] == {"TrainingJobName": {"Get": "Steps.Train.TrainingJobName"}}
     assert steps["BelowThreshold"]["Type"] == "Fail"
 
 

@@ -233,7 +233,9 @@ def _registration_step(args: argparse.Namespace, session, parameters: dict[str, 
         model_package_group_name=parameters["ModelPackageGroupName"],
         content_types=list(content_types.REQUEST_TYPES), response_types=list(content_types.RESPONSE_TYPES),
         inference_instances=list(REALTIME_INSTANCE_TYPES), transform_instances=list(TRANSFORM_INSTANCE_TYPES),
-        approval_status=parameters["ModelApprovalStatus"]))
+        approval_status=parameters["ModelApprovalStatus"],
+        # as register.py --training-job records it: the job to register again for the figures (ModelMetrics)
+        customer_metadata_properties={"TrainingJobName": train.properties.TrainingJobName}))
 
 
 def build_pipeline(args: argparse.Namespace, boto_session: boto3.Session):
