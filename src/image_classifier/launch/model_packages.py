@@ -59,7 +59,8 @@ def check_arn(arn: str) -> str:
     """
     if not all(pattern.fullmatch(arn) and len(arn) <= most for pattern, most in _arn_checks()):
         raise ValueError(f"not a model package ARN: {arn!r} (expected "
-                         "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION)")
+                         "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION, GROUP 1-63 letters, digits and "
+                         "hyphens)")
     return arn
 
 
