@@ -29,19 +29,29 @@ to `<S3OutputPath>/<key relative to the input prefix>.out`; then the job is Comp
 (with the first error as FailureReason) when any object was not answered with 200, whose `.out`
 is not written.
 
+moto filters ListModelPackages by ModelApprovalStatus before it pages; AWS may page first, so that
+a page holds none of the matches and still has a NextToken (the MLOps project templates page on).
+The emulator pages first, then filters the page: a client that reads only the first page misses
+the packages of the later ones.
+
 moto runs no pipeline: its executions are Succeeded at once, and it has no ListPipelineExecutionSteps.
 The emulator adds a run of the definition's shape (API_DescribePipelineExecution,
 API_ListPipelineExecutionSteps): the first DescribePipelineExecution answers `Executing`, then the
-execution settles. Its steps are the definition's top-level steps; a Condition step compares its
-first condition (GreaterThanOrEqualTo) left value, taken as PIPELINE_METRIC (a training job's final metric that the
-emulator does not compute), with its right value (a parameter of the execution, or its default),
-and runs IfSteps or ElseSteps; a Fail step among those makes the execution Failed, with its
-ErrorMessage (Std:Join resolved) as FailureReason.
+execution settles. Its steps are the definition's top-level steps; a Condition step applies its
+first condition (its Type: GreaterThanOrEqualTo, GreaterThan, LessThan, LessThanOrEqualTo, Equals)
+to its two values, and runs IfSteps or ElseSteps; a Fail step among those makes the execution
+Failed, with its ErrorMessage (Std:Join resolved) as FailureReason. A value is a literal, a
+parameter of the execution (or its default), a Std:Join of values, or a training step's final
+metric (`Steps.NAME.FinalMetricDataList[...].Value`), taken as PIPELINE_METRIC: the emulator runs
+no job. Any other reference, a parameter the definition does not declare among them, makes
+DescribePipelineExecution answer ValidationException (400), as CreatePipeline would refuse it.
 """
 
 from __future__ import annotations
 
 import json
+import operator
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +61,7 @@ import boto3
 import requests
 from moto.core.responses import ActionResult
 from moto.sagemaker.exceptions import ValidationError
+from moto.sagemaker.models import SageMakerModelBackend
 from moto.sagemaker.responses import SageMakerResponse
 
 FAIL_ENV = "EMULATOR_UPDATE_FAILS"
@@ -136,13 +147,28 @@ def _run_transform(job, server: str, emulator: str) -> None:
     job.transform_job_status = "Failed" if errors else "Completed"
 
 
-def _value(value, parameters: dict):
-    """A definition's value: a literal, a parameter (`{"Get": "Parameters.X"}`) or a Std:Join of them."""
+# a Condition's Type → how it compares its LeftValue with its RightValue
+COMPARISONS = {"GreaterThanOrEqualTo": operator.ge, "GreaterThan": operator.gt, "LessThan": operator.lt,
+               "LessThanOrEqualTo": operator.le, "Equals": operator.eq}
+FINAL_METRIC = re.compile(r"Steps\.(?P<step>[^.]+)\.FinalMetricDataList\[[^\]]+\]\.Value")
+
+
+def _value(value, parameters: dict, steps: set[str] = frozenset()):
+    """A definition's value: a literal, a parameter (`{"Get": "Parameters.X"}`), a training step's final
+    metric (PIPELINE_METRIC) or a Std:Join of them. Raises: ValidationError: a reference to nothing."""
     if isinstance(value, dict) and "Get" in value:
-        return parameters.get(value["Get"].removeprefix("Parameters."), PIPELINE_METRIC)
+        get = value["Get"]
+        name = get.removeprefix("Parameters.")
+        if get.startswith("Parameters.") and name in parameters:
+            return parameters[name]
+        metric = FINAL_METRIC.fullmatch(get)
+        if metric and metric["step"] in steps:
+            return PIPELINE_METRIC
+        raise ValidationError(message=f"the emulator cannot resolve {get}: no such parameter, or not a "
+                                      "training step's final metric")
     if isinstance(value, dict) and "Std:Join" in value:
         join = value["Std:Join"]
-        return join["On"].join(str(_value(v, parameters)) for v in join["Values"])
+        return join["On"].join(str(_value(v, parameters, steps)) for v in join["Values"])
     return value
 
 
@@ -150,17 +176,25 @@ def _run_pipeline(execution) -> tuple[list[dict], str]:
     """The steps an execution runs (StepName, StepStatus, FailureReason) and its failure reason, if any."""
     definition = json.loads(execution.pipeline_definition_for_execution)
     parameters = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
-    parameters.update({p["Name"]: p["Value"] for p in execution.pipeline_parameters or []})
+    given = {p["Name"]: p["Value"] for p in execution.pipeline_parameters or []}
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        raise ValidationError(message=f"the pipeline has no parameter {', '.join(unknown)}")
+    parameters.update(given)
+    training = {s["Name"] for s in definition["Steps"] if s["Type"] == "Training"}
     steps, failure = [], ""
     for step in definition["Steps"]:
         steps.append({"StepName": step["Name"], "StepStatus": "Succeeded"})
         if step["Type"] != "Condition":
             continue
         condition = step["Arguments"]["Conditions"][0]
-        passed = float(_value(condition["RightValue"], parameters)) <= PIPELINE_METRIC
+        left, right = (float(_value(condition[side], parameters, training)) for side in ("LeftValue", "RightValue"))
+        if condition["Type"] not in COMPARISONS:
+            raise ValidationError(message=f"the emulator has no condition {condition['Type']}")
+        passed = COMPARISONS[condition["Type"]](left, right)
         for branch in step["Arguments"]["IfSteps" if passed else "ElseSteps"]:
             if branch["Type"] == "Fail":
-                failure = str(_value(branch["Arguments"].get("ErrorMessage", ""), parameters))
+                failure = str(_value(branch["Arguments"].get("ErrorMessage", ""), parameters, training))
                 steps.append({"StepName": branch["Name"], "StepStatus": "Failed", "FailureReason": failure})
             else:
                 steps.append({"StepName": branch["Name"], "StepStatus": "Succeeded"})
@@ -190,6 +224,12 @@ def list_pipeline_execution_steps(self: SageMakerResponse) -> ActionResult:
     return ActionResult({"PipelineExecutionSteps": [{**s, "StartTime": now} for s in reversed(steps)]})
 
 
+def list_model_packages(self: SageMakerModelBackend, model_approval_status: str | None = None, **kwargs):
+    """moto's ListModelPackages, paged before the approval status filters the page."""
+    page, token = _original_list_model_packages(self, model_approval_status=None, **kwargs)
+    return [p for p in page if model_approval_status in (None, p.model_approval_status)], token
+
+
 def _without_empty_structures(describe):
     def answer(self: SageMakerResponse) -> ActionResult:
         result = describe(self).result
@@ -207,6 +247,8 @@ SageMakerResponse.create_transform_job = create_transform_job
 _original_describe_pipeline_execution = SageMakerResponse.describe_pipeline_execution
 SageMakerResponse.describe_pipeline_execution = describe_pipeline_execution
 SageMakerResponse.list_pipeline_execution_steps = list_pipeline_execution_steps
+_original_list_model_packages = SageMakerModelBackend.list_model_packages
+SageMakerModelBackend.list_model_packages = list_model_packages
 
 if __name__ == "__main__":
     from moto.server import main

@@ -4,6 +4,7 @@ import json
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from image_classifier.launch import metrics, pipeline, registry
 from image_classifier.serving import content_types
@@ -64,9 +65,11 @@ def test_definition_training_step(definition):
     request = train["Arguments"]
     assert request["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == metrics.metric_definitions()
+    # HyperParameters takes strings: the Integer and Float parameters go in as a Std:Join of themselves
     assert request["HyperParameters"] == {
-        "freeze": "none", "model": {"Get": "Parameters.Model"}, "epochs": {"Get": "Parameters.Epochs"},
-        "lr": {"Get": "Parameters.LearningRate"}, "batch-size": {"Get": "Parameters.BatchSize"}}
+        "freeze": "none", "model": {"Get": "Parameters.Model"},
+        **{key: {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}}
+           for key, name in (("epochs", "Epochs"), ("lr", "LearningRate"), ("batch-size", "BatchSize"))}}
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}
     assert channels == {c: {"Std:Join": {"On": "/", "Values": [{"Get": "Parameters.TrainingData"}, c]}}
                         for c in ("train", "valid", "test")}
@@ -97,6 +100,7 @@ def test_definition_condition_registration_and_failure(definition):
     assert spec["SupportedResponseMIMETypes"] == list(content_types.RESPONSE_TYPES)
     assert spec["SupportedRealtimeInferenceInstanceTypes"] == list(registry.REALTIME_INSTANCE_TYPES)
     assert spec["SupportedTransformInstanceTypes"] == list(registry.TRANSFORM_INSTANCE_TYPES)
+    assert package["CustomerMetadataProperties"] == {"TrainingJobName": {"Get": "Steps.Train.TrainingJobName"}}
     assert steps["BelowThreshold"]["Type"] == "Fail"
 
 
@@ -142,6 +146,48 @@ def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
     assert "ic-dry" not in [p["PipelineName"] for p in sm().list_pipelines()["PipelineSummaries"]]
 
 
+def emulated(name: str, condition: dict, parameters: list[dict] = ()) -> dict:
+    """Run a pipeline of a Training step and a Condition step (`condition`, Register or Fail) in the emulator;
+    its settled DescribePipelineExecution."""
+    below = {"Name": "Below", "Type": "Fail", "Arguments": {"ErrorMessage": "below"}}
+    check = {"Name": "Check", "Type": "Condition",
+             "Arguments": {"Conditions": [condition], "IfSteps": [], "ElseSteps": [below]}}
+    definition = {"Version": "2020-12-01", "Parameters": [{"Name": "Bar", "Type": "Float", "DefaultValue": 0.9}],
+                  "Steps": [{"Name": "Train", "Type": "Training", "Arguments": {}}, check]}
+    sm().create_pipeline(PipelineName=name, PipelineDefinition=json.dumps(definition), RoleArn=ROLE)
+    arn = sm().start_pipeline_execution(PipelineName=name, PipelineParameters=list(parameters))["PipelineExecutionArn"]
+    sm().describe_pipeline_execution(PipelineExecutionArn=arn)  # Executing
+    return sm().describe_pipeline_execution(PipelineExecutionArn=arn)
+
+
+METRIC = {"Get": "Steps.Train.FinalMetricDataList['test_accuracy'].Value"}  # the emulator's 0.9
+
+
+@pytest.mark.parametrize("kind, right, status", [
+    ("GreaterThanOrEqualTo", {"Get": "Parameters.Bar"}, "Succeeded"),
+    ("GreaterThan", {"Get": "Parameters.Bar"}, "Failed"),
+    ("GreaterThan", 0.5, "Succeeded"),
+    ("LessThan", 0.95, "Succeeded"),
+    ("LessThanOrEqualTo", 0.5, "Failed"),
+    ("Equals", 0.9, "Succeeded"),
+])
+def test_the_emulator_applies_the_condition_type(aws, kind, right, status):
+    condition = {"Type": kind, "LeftValue": METRIC, "RightValue": right}
+    assert emulated(f"ic-cond-{kind}-{status}", condition)["PipelineExecutionStatus"] == status
+
+
+@pytest.mark.parametrize("left, parameters", [
+    ({"Get": "Parameters.Nope"}, []),  # a parameter the definition does not declare
+    ({"Get": "Steps.Tran.FinalMetricDataList['test_accuracy'].Value"}, []),  # no such step
+    ({"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}, []),  # not a metric
+    (METRIC, [{"Name": "Nope", "Value": "1"}]),  # a value for no parameter
+], ids=["parameter", "step", "property", "value"])
+def test_the_emulator_refuses_what_it_cannot_resolve(aws, left, parameters):
+    with pytest.raises(ClientError, match="ValidationException"):
+        emulated(f"ic-unresolved-{len(left['Get'])}-{len(parameters)}",
+                 {"Type": "GreaterThanOrEqualTo", "LeftValue": left, "RightValue": 0.5}, parameters)
+
+
 @pytest.mark.parametrize("args, words", [
     (["--upsert", "--name", "bad_name"], "pipeline name"),
     (["--upsert", "--role", "SageMakerRole"], "--role takes an IAM role ARN"),
@@ -154,6 +200,11 @@ def test_dry_run_sends_nothing_that_changes(aws, received, capsys):
     (["--upsert", "--param", "Epochs=3"], "go with --start"),
     (["--upsert", "--hyperparameter", "epochs=3"], "--param Epochs="),
     ([], "nothing to do"),
+    (["--definition-out", "/nowhere/definition.json"], "no folder /nowhere"),
+    (["--start", "--param", "ModelPackageGroupName=ic_models"], "model package group name"),
+    (["--start", "--param", "ModelPackageGroupName=" + "m" * 64], "model package group name"),
+    (["--start", "--param", "TrainingInstanceType=ml.g4dn.huge"], "offers no ml.g4dn.huge"),
+    (["--start", "--param", "TrainingInstanceType=ml.t2.medium"], "offers no ml.t2.medium"),  # an endpoint's only
 ])
 def test_bad_arguments_refused_before_any_call(aws, received, capsys, args, words):
     code = pipeline.main([*ARGS, *args])

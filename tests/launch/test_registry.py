@@ -2,6 +2,7 @@
 deploy the latest Approved package, predict; dry runs and refusals."""
 
 import json
+import random
 
 import boto3
 import pytest
@@ -133,6 +134,20 @@ def test_the_latest_approved_is_the_newest_and_a_rejected_one_is_not_deployed(aw
     assert "is Rejected, not Approved" in capsys.readouterr().err and not received("CreateModel")
 
 
+def test_the_latest_approved_is_found_past_pages_of_pending_ones(aws, received, capsys):
+    # the emulator pages before it filters (as AWS may): the first pages hold only the newer pending packages
+    training_job("reg-paged")
+    approved = register(capsys, "--group", "ic-paged", "--training-job", "reg-paged", "--approve")["ModelPackageArn"]
+    for _ in range(3):
+        register(capsys, "--group", "ic-paged", "--training-job", "reg-paged")
+    first = sm().list_model_packages(ModelPackageGroupName="ic-paged", ModelApprovalStatus="Approved",
+                                     SortBy="CreationTime", SortOrder="Descending", MaxResults=2)
+    assert first["ModelPackageSummaryList"] == [] and first["NextToken"]  # what one request alone would see
+    listed = len(received("ListModelPackages"))
+    assert model_packages.latest_approved(sm(), "ic-paged", page_size=2) == approved
+    assert len(received("ListModelPackages")) - listed == 2
+
+
 def test_the_group_is_made_once_and_the_report_uploaded_once(aws, received, capsys):
     training_job("reg-once")
     for version in (1, 2):
@@ -165,6 +180,35 @@ def test_a_job_without_an_evaluation_report_is_not_registered(aws, received, cap
     assert not received("CreateModelPackage")
 
 
+NOISE = random.Random(0).randbytes(20_000)  # a debug tensor gzip cannot shrink: a cut archive ends inside it
+
+
+@pytest.mark.parametrize("archive", [
+    b"not a gzip file", tar_gz({"debug/000.tfevents": NOISE, "evaluation/metrics.json": b"{}"})[:5000]],
+    ids=["not-gzip", "truncated"])
+def test_a_corrupt_output_archive_is_one_line(aws, received, capsys, archive):
+    training_job("reg-corrupt")
+    s3().put_object(Bucket=BUCKET, Key="jobs/reg-corrupt/output/output.tar.gz", Body=archive)
+    assert registry.main(["--region", "us-east-1", "--group", "ic-corrupt", "--image", IMAGE,
+                          "--training-job", "reg-corrupt"]) == 1
+    err = capsys.readouterr().err
+    assert "output.tar.gz is not a readable .tar.gz" in err and "Traceback" not in err
+    assert not received("CreateModelPackage")
+
+
+def test_a_package_without_a_model_tar_gz_is_not_deployed(aws, received, capsys):
+    sm().create_model_package_group(ModelPackageGroupName="ic-source")
+    source = {"S3DataSource": {"S3Uri": f"s3://{BUCKET}/uncompressed/", "S3DataType": "S3Prefix",
+                               "CompressionType": "None"}}
+    arn = sm().create_model_package(
+        ModelPackageGroupName="ic-source", ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataSource": source}],
+                                "SupportedContentTypes": ["image/jpeg"],
+                                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+    assert deploy.main(["--region", "us-east-1", "--role", ROLE, "--model-package", arn]) == 2
+    assert "has no ModelDataUrl" in capsys.readouterr().err and not received("CreateModel")
+
+
 def test_dry_run_sends_nothing_and_the_emulator_accepts_its_requests(aws, received, capsys):
     training_job("reg-dry")
     code, sent = run(registry.main, capsys, "--group", "ic-dry", "--image", IMAGE, "--training-job", "reg-dry",
@@ -186,6 +230,9 @@ def test_dry_run_sends_nothing_and_the_emulator_accepts_its_requests(aws, receiv
 
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/ic-bad/1"
+# model package ARNs UpdateModelPackage's ModelPackageArn takes and DescribeModelPackage's ModelPackageName does not
+NOT_NAMES = [ARN.replace("ic-bad", "ic_bad"), ARN.replace("ic-bad", "ic-bad-"), ARN.replace("ic-bad", "m" * 64),
+             ARN.replace("/1", "/1/2")]
 REGISTER = ["--group", "ic-bad", "--image", IMAGE, "--training-job", "t-1"]
 
 
@@ -199,6 +246,9 @@ REGISTER = ["--group", "ic-bad", "--image", IMAGE, "--training-job", "t-1"]
     (registry.main, [*REGISTER, "--realtime-instance-type", "ml.m5.huge"], "offers no ml.m5.huge"),
     (registry.main, [*REGISTER, "--transform-instance-type", "ml.t2.medium"], "offers no ml.t2.medium"),
     (registry.main, ["--approve-arn", "ic-bad/1"], "not a model package ARN"),
+    *[(main, [flag, arn], "not a model package ARN") for arn in NOT_NAMES
+      for main, flag in ((registry.main, "--approve-arn"), (registry.main, "--reject-arn"))],
+    *[(deploy.main, ["--role", ROLE, "--model-package", arn], "not a model package ARN") for arn in NOT_NAMES],
     (registry.main, ["--reject-arn", ARN, "--image", IMAGE], "--image only go with --group"),
     (registry.main, ["--approve-arn", ARN, "--approve"], "--approve only go with --group"),
     (deploy.main, ["--role", ROLE, "--model-package", "arn:aws:sagemaker:us-east-1:1:model/x"], "not a model package"),

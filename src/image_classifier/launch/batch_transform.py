@@ -45,6 +45,7 @@ from image_classifier.transform import IMAGE_SUFFIXES, ResultsCsv
 
 logger = logging.getLogger(__name__)
 
+INSTANCE_TYPE = "ml.m5.xlarge"  # the job's default instance (registry.py registers packages for it too)
 OUT_SUFFIX = ".out"  # what Batch Transform appends to each input object's name
 # the API's names for the container's /execution-parameters BatchStrategy values
 BATCH_STRATEGIES = {"SINGLE_RECORD": "SingleRecord", "MULTI_RECORD": "MultiRecord"}
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="container environment, e.g. MODEL_SERVER_WORKERS=2; it also sets the job's "
                              "MaxConcurrentTransforms (workers × threads) and MaxPayloadInMB (repeatable)")
-    parser.add_argument("--instance-type", default="ml.m5.xlarge")
+    parser.add_argument("--instance-type", default=INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between status checks while waiting")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+BASE_JOB_NAME = "image-classifier"  # the prefix SageMaker gives the training jobs' names
+TRAINING_INSTANCE_TYPE = "ml.g4dn.xlarge"  # a training job's default instance: one T4 GPU
+MAX_RUNTIME = 3600  # a training job's default limit, seconds
+
 
 def parse_static(pairs: list[str]) -> dict[str, str]:
     """`["freeze=none", "model=resnet18"]` → a dict. Raises: ValueError: a pair without `=`."""
@@ -34,9 +38,9 @@ def add_training_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--data", required=True, help="S3 prefix holding the train/, valid/ and test/ channels")
     parser.add_argument("--output", required=True, help="S3 prefix for the model artifacts and outputs")
-    parser.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    parser.add_argument("--instance-type", default=TRAINING_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=positive_int, default=1,
                         help="instances per training job (default: %(default)s); with more than one, or with "
                              "several GPUs, the container trains data-parallel under torchrun "
                              "(training/distributed.py) on every channel replicated to each instance")
-    parser.add_argument("--max-runtime", type=int, default=3600, help="seconds a training job may run")
+    parser.add_argument("--max-runtime", type=int, default=MAX_RUNTIME, help="seconds a training job may run")

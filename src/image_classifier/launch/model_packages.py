@@ -12,22 +12,25 @@ lineage). Only an Approved package is deployed: approving is what the registry i
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 import boto3
+import botocore.session
 
 from image_classifier.launch import variants
 
 logger = logging.getLogger(__name__)
 
 APPROVED, PENDING, REJECTED = "Approved", "PendingManualApproval", "Rejected"  # ModelApprovalStatus
-# botocore's ModelPackageArn pattern (the service model of CreateModel / UpdateModelPackage)
 # what deploy.py's checks see of a package before it is read: its container's image and model data
 STAND_IN_IMAGE, STAND_IN_DATA = "the model package's image", "s3://the-model-package/model.tar.gz"
-ARN_PATTERN = re.compile(r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]{9,16}:[0-9]{12}:model-package/[\S]{1,2048}")
+# the shapes of botocore's service model a package's ARN is sent as: UpdateModelPackage's ModelPackageArn,
+# DescribeModelPackage's and CreateModel's ModelPackageName (a group name of at most 63 characters, a version)
+ARN_SHAPES = ("ModelPackageArn", "VersionedArnOrName")
 
 
 def add_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
@@ -40,11 +43,24 @@ def add_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
                              "variant")
 
 
+@functools.cache
+def _arn_checks() -> tuple[tuple[re.Pattern, int], ...]:
+    """(pattern, most characters) of each of ARN_SHAPES, from botocore's service model."""
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return tuple((re.compile(model.shape_for(shape).metadata["pattern"]), model.shape_for(shape).metadata["max"])
+                 for shape in ARN_SHAPES)
+
+
 def check_arn(arn: str) -> str:
-    """`arn` if it is a model package's ARN. Raises: ValueError: otherwise (the message shows one)."""
-    if not ARN_PATTERN.fullmatch(arn):
+    """`arn` if it is a model package's ARN that every request taking one takes.
+
+    Raises:
+        ValueError: otherwise (the message shows one).
+    """
+    if not all(pattern.fullmatch(arn) and len(arn) <= most for pattern, most in _arn_checks()):
         raise ValueError(f"not a model package ARN: {arn!r} (expected "
-                         "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION)")
+                         "arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION, GROUP 1-63 letters, digits and "
+                         "hyphens)")
     return arn
 
 
@@ -56,19 +72,22 @@ def check_group(name: str) -> str:
     return name
 
 
-def latest_approved(sm, group: str) -> str:
-    """The ARN of the newest Approved model package of `group` (ListModelPackages, by CreationTime).
+def latest_approved(sm, group: str, page_size: int = 10) -> str:
+    """The ARN of the newest Approved model package of `group` (ListModelPackages, by CreationTime,
+    `page_size` summaries a request).
 
     Raises:
         ValueError: the group holds no Approved package (the message says how to approve one).
     """
-    found = sm.list_model_packages(ModelPackageGroupName=group, ModelApprovalStatus=APPROVED,
-                                   SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
-    summaries = found.get("ModelPackageSummaryList", [])
-    if not summaries:
-        raise ValueError(f"model package group {group} holds no Approved model package: approve one with "
-                         "scripts/register.py --approve-arn ARN")
-    return summaries[0]["ModelPackageArn"]
+    # a page of a filtered list may be empty and still have a NextToken: page on to the first summary
+    pages = sm.get_paginator("list_model_packages").paginate(
+        ModelPackageGroupName=group, ModelApprovalStatus=APPROVED, SortBy="CreationTime", SortOrder="Descending",
+        PaginationConfig={"PageSize": page_size})
+    for page in pages:
+        for summary in page.get("ModelPackageSummaryList", []):
+            return summary["ModelPackageArn"]
+    raise ValueError(f"model package group {group} holds no Approved model package: approve one with "
+                     "scripts/register.py --approve-arn ARN")
 
 
 def approved_package(sm, arn: str) -> dict[str, Any]:
@@ -95,7 +114,8 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace,
 
     Raises:
         ValueError: a malformed ARN or group name, `--image` given too (the package names its image),
-            what `check` refuses (all three before any request); no Approved package.
+            what `check` refuses (all three before any request); no Approved package; a package
+            without a ModelDataUrl.
     """
     if not (args.model_package or args.latest_approved):
         return
@@ -111,6 +131,9 @@ def resolve(boto_session: boto3.Session, args: argparse.Namespace,
     sm = boto_session.client("sagemaker")
     arn = args.model_package or latest_approved(sm, args.latest_approved)
     container = approved_package(sm, arn)["InferenceSpecification"]["Containers"][0]
+    if "ModelDataUrl" not in container:  # e.g. uncompressed model data, a ModelDataSource
+        raise ValueError(f"model package {arn} names no model.tar.gz (its container has no ModelDataUrl): "
+                         "register one with scripts/register.py --model-data s3://.../model.tar.gz")
     logger.info("deploying model package %s: %s with %s", arn, container["Image"], container["ModelDataUrl"])
     args.model_package, args.image, args.model_data = arn, container["Image"], container["ModelDataUrl"]
 

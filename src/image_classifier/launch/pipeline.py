@@ -30,8 +30,14 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from image_classifier.launch import metrics
-from image_classifier.launch.common import parse_static, positive_int
+from image_classifier.launch import metrics, model_packages, registry
+from image_classifier.launch.common import (
+    BASE_JOB_NAME,
+    MAX_RUNTIME,
+    TRAINING_INSTANCE_TYPE,
+    parse_static,
+    positive_int,
+)
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
 from image_classifier.launch.model_packages import APPROVED, PENDING, REJECTED
@@ -75,12 +81,12 @@ PARAMETERS = {p.name: p for p in (
     Parameter("Epochs", "Integer", _default("epochs"), "hyperparameter epochs"),
     Parameter("LearningRate", "Float", _default("lr"), "hyperparameter lr: the peak learning rate"),
     Parameter("BatchSize", "Integer", _default("batch_size"), "hyperparameter batch-size, images per step"),
-    Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge", "instance type of the training job"),
+    Parameter("TrainingInstanceType", "String", TRAINING_INSTANCE_TYPE, "instance type of the training job"),
     Parameter("TrainingInstanceCount", "Integer", 1, "instances of the training job"),
     # a placeholder bar: set it from the test accuracy of the model in production (its evaluation report)
     Parameter("MinTestMetric", "Float", 0.8, "register only when the final test metric is at least this"),
     Parameter("ModelPackageGroupName", "String", "image-classifier", "model package group to register in"),
-    Parameter("ModelApprovalStatus", "String", "PendingManualApproval",
+    Parameter("ModelApprovalStatus", "String", PENDING,
               f"approval status of the new model package: {', '.join(APPROVAL_STATUSES)}"),
 )}
 HYPERPARAMETERS = {"model": "Model", "epochs": "Epochs", "lr": "LearningRate", "batch-size": "BatchSize"}
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="test_accuracy", choices=QUALITY_METRICS,
                         help="the final test metric the condition checks against MinTestMetric (default: "
                              "%(default)s)")
-    parser.add_argument("--max-runtime", type=positive_int, default=3600, help="seconds the training job may run")
+    parser.add_argument("--max-runtime", type=positive_int, default=MAX_RUNTIME,
+                        help="seconds the training job may run")
     parser.add_argument("--hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                         help="a fixed hyperparameter of the training job, not a parameter (repeatable)")
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS configuration's)")
@@ -130,7 +137,6 @@ def check(args: argparse.Namespace) -> list[dict[str, str]]:
     for flag, value in (("--data", args.data), ("--output", args.output)):
         if not value.startswith("s3://"):
             raise ValueError(f"{flag} takes an S3 URI (s3://bucket/prefix), got {value!r}")
-    parse_static(args.hyperparameter)
     clash = set(parse_static(args.hyperparameter)) & set(HYPERPARAMETERS)
     if clash:
         raise ValueError(f"{', '.join(sorted(clash))} are pipeline parameters: give them per execution with "
@@ -139,6 +145,8 @@ def check(args: argparse.Namespace) -> list[dict[str, str]]:
         raise ValueError("--param and --wait go with --start")
     if not (args.upsert or args.start or args.definition_out):
         raise ValueError("nothing to do: give --upsert, --start or --definition-out FILE")
+    if args.definition_out and not Path(args.definition_out).parent.is_dir():
+        raise ValueError(f"--definition-out {args.definition_out}: no folder {Path(args.definition_out).parent}")
     return overrides(args.param)
 
 
@@ -146,7 +154,8 @@ def overrides(pairs: list[str]) -> list[dict[str, str]]:
     """`["Epochs=10"]` → `[{"Name": "Epochs", "Value": "10"}]` (StartPipelineExecution's shape).
 
     Raises:
-        ValueError: a pair without `=`, an unknown name, or a value its parameter's type refuses.
+        ValueError: a pair without `=`, an unknown name, a value its parameter's type refuses, or one
+            the request it goes into would (a group name, an instance type).
     """
     found = []
     for pair in pairs:
@@ -162,6 +171,11 @@ def overrides(pairs: list[str]) -> list[dict[str, str]]:
             raise ValueError(f"--param ModelApprovalStatus takes one of {', '.join(APPROVAL_STATUSES)}, got {value!r}")
         if name == "TrainingData" and not value.startswith("s3://"):
             raise ValueError(f"--param TrainingData takes an S3 URI, got {value!r}")
+        if name == "ModelPackageGroupName":
+            model_packages.check_group(value)
+        if name == "TrainingInstanceType":
+            registry.instance_types([value], (TRAINING_INSTANCE_TYPE,), "TrainingInstanceType",
+                                    "--param TrainingInstanceType")
         found.append({"Name": name, "Value": value})
     return found
 
@@ -184,10 +198,13 @@ def _training_step(args: argparse.Namespace, session, parameters: dict[str, Any]
     from sagemaker.mlops.workflow.steps import TrainingStep
     from sagemaker.train.model_trainer import ModelTrainer
 
+    # HyperParameters is a string → string map: CreatePipeline refuses an Integer or Float parameter there
+    # ("Cannot assign property reference [Parameters.X] to argument of type [String]"); to_string() is a
+    # Std:Join of the one value (a String parameter is itself)
     hyperparameters = {**parse_static(args.hyperparameter),
-                       **{key: parameters[name] for key, name in HYPERPARAMETERS.items()}}
+                       **{key: parameters[name].to_string() for key, name in HYPERPARAMETERS.items()}}
     trainer = ModelTrainer(
-        training_image=args.train_image, role=args.role, base_job_name="image-classifier",
+        training_image=args.train_image, role=args.role, base_job_name=BASE_JOB_NAME,
         sagemaker_session=session,
         compute=Compute(instance_type=parameters["TrainingInstanceType"],
                         instance_count=parameters["TrainingInstanceCount"]),
@@ -216,7 +233,9 @@ def _registration_step(args: argparse.Namespace, session, parameters: dict[str, 
         model_package_group_name=parameters["ModelPackageGroupName"],
         content_types=list(content_types.REQUEST_TYPES), response_types=list(content_types.RESPONSE_TYPES),
         inference_instances=list(REALTIME_INSTANCE_TYPES), transform_instances=list(TRANSFORM_INSTANCE_TYPES),
-        approval_status=parameters["ModelApprovalStatus"]))
+        approval_status=parameters["ModelApprovalStatus"],
+        # as register.py --training-job records it: the job to register again for the figures (ModelMetrics)
+        customer_metadata_properties={"TrainingJobName": train.properties.TrainingJobName}))
 
 
 def build_pipeline(args: argparse.Namespace, boto_session: boto3.Session):

@@ -22,9 +22,11 @@ local report instead (e.g. from a local training run).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from botocore.exceptions import ClientError
 from image_classifier.evaluation import REPORT_DIR
 from image_classifier.evaluation.report import METRICS_FILE
 from image_classifier.launch import model_packages, variants
+from image_classifier.launch.batch_transform import INSTANCE_TYPE as TRANSFORM_INSTANCE_TYPE
 from image_classifier.launch.deploy import INSTANCE_TYPE, model_data_of
 from image_classifier.launch.dry_run import DryRun
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on, one_line
@@ -50,8 +53,8 @@ OUTPUT_ARCHIVE = "output.tar.gz"  # the job's output/data, as SageMaker uploads 
 REPORT_MEMBER = f"{REPORT_DIR}/{METRICS_FILE}"  # the evaluation report's figures, inside output.tar.gz
 # CPU instances the package is registered for (the server runs on CPUs; OpenVINO int8 wants AVX-512
 # VNNI: m5/c5 have it); deploy.py's default first, then batch_transform.py's
-REALTIME_INSTANCE_TYPES = (INSTANCE_TYPE, "ml.m5.xlarge", "ml.c5.xlarge", "ml.c5.2xlarge")
-TRANSFORM_INSTANCE_TYPES = ("ml.m5.xlarge", "ml.m5.large", "ml.c5.xlarge", "ml.c5.2xlarge")
+REALTIME_INSTANCE_TYPES = (INSTANCE_TYPE, TRANSFORM_INSTANCE_TYPE, "ml.c5.xlarge", "ml.c5.2xlarge")
+TRANSFORM_INSTANCE_TYPES = (TRANSFORM_INSTANCE_TYPE, "ml.m5.large", "ml.c5.xlarge", "ml.c5.2xlarge")
 REGISTER_ONLY = ("training_job", "model_data", "image", "description", "metrics", "realtime_instance_type",
                  "transform_instance_type")
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: str, flag: str) -> list[str]:
+def instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: str, flag: str) -> list[str]:
     """`given` (or `defaults`), each checked against the enum of botocore's `shape`.
 
     Raises:
@@ -105,13 +108,13 @@ def _instance_types(given: list[str] | None, defaults: tuple[str, ...], shape: s
 
 def realtime_types(args: argparse.Namespace) -> list[str]:
     """SupportedRealtimeInferenceInstanceTypes. Raises: ValueError: one SageMaker does not offer."""
-    return _instance_types(args.realtime_instance_type, REALTIME_INSTANCE_TYPES, "ProductionVariantInstanceType",
+    return instance_types(args.realtime_instance_type, REALTIME_INSTANCE_TYPES, "ProductionVariantInstanceType",
                            "--realtime-instance-type")
 
 
 def transform_types(args: argparse.Namespace) -> list[str]:
     """SupportedTransformInstanceTypes. Raises: ValueError: one SageMaker does not offer."""
-    return _instance_types(args.transform_instance_type, TRANSFORM_INSTANCE_TYPES, "TransformInstanceType",
+    return instance_types(args.transform_instance_type, TRANSFORM_INSTANCE_TYPES, "TransformInstanceType",
                            "--transform-instance-type")
 
 
@@ -141,7 +144,7 @@ def read_report(s3, model_data: str) -> bytes:
     """The evaluation report's metrics.json in the output.tar.gz beside `model_data`, streamed.
 
     Raises:
-        RegistryError: no output.tar.gz there, or no report in it.
+        RegistryError: no output.tar.gz there, one that is not a .tar.gz, or no report in it.
     """
     bucket, key = parse_s3_uri(model_data)
     archive = f"{key.rpartition('/')[0]}/{OUTPUT_ARCHIVE}"
@@ -152,10 +155,14 @@ def read_report(s3, model_data: str) -> bytes:
             raise
         raise RegistryError(f"no s3://{bucket}/{archive} beside the model data, so no evaluation report: "
                             f"give the job's {METRICS_FILE} with --metrics FILE") from None
-    with tarfile.open(fileobj=body, mode="r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.removeprefix("./") == REPORT_MEMBER:
-                return tar.extractfile(member).read()
+    try:
+        with tarfile.open(fileobj=body, mode="r|gz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.removeprefix("./") == REPORT_MEMBER:
+                    return tar.extractfile(member).read()
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise RegistryError(f"s3://{bucket}/{archive} is not a readable .tar.gz ({exc}): give the job's "
+                            f"{METRICS_FILE} with --metrics FILE") from None
     raise RegistryError(f"s3://{bucket}/{archive} holds no {REPORT_MEMBER} (the job wrote no evaluation report): "
                         f"give one with --metrics FILE")
 

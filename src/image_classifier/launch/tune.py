@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 
 from image_classifier.launch import metrics, search_space
-from image_classifier.launch.common import add_training_job_arguments, parse_static
+from image_classifier.launch.common import BASE_JOB_NAME, add_training_job_arguments, parse_static
 from image_classifier.launch.dry_run import DryRun, Stopped
 from image_classifier.launch.exit_codes import FAILED, LAUNCHER, exit_on
 from image_classifier.training.config import SAGEMAKER_KEYS
@@ -82,7 +82,7 @@ def make_tuner(args: argparse.Namespace, boto_session: boto3.Session):
         spot = {"checkpoint_config": CheckpointConfig(s3_uri=args.checkpoint_s3_uri or f"{output}/checkpoints",
                                                       local_path="/opt/ml/checkpoints")}
     trainer = ModelTrainer(
-        training_image=args.image, role=args.role, base_job_name="image-classifier",
+        training_image=args.image, role=args.role, base_job_name=BASE_JOB_NAME,
         sagemaker_session=Session(boto_session=boto_session),
         compute=Compute(instance_type=args.instance_type, instance_count=args.instance_count,
                         enable_managed_spot_training=args.spot),
