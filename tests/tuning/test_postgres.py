@@ -82,6 +82,30 @@ def test_waiting_ends_when_the_other_workers_trial_does(postgres_url, tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
 
 
+class BetweenLooks(threading.Event):
+    """A stop event that is never set; its waits (the pauses between two looks) run `steps`, one each."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = list(steps)
+
+    def wait(self, timeout=None):
+        if self.steps:
+            self.steps.pop(0)()
+        return False
+
+
+def test_waiting_outlasts_another_worker_between_its_trials(postgres_url, tmp_path):
+    study = optuna.create_study(storage=study_module.make_storage(postgres_url, tmp_path), study_name="between")
+    study.tell(study.ask(), 0.5)  # the other worker's first trial ended, its next not yet asked
+    asked = []
+    looks = BetweenLooks([lambda: study.tell(study.ask(), 0.75),  # a whole trial between two looks
+                          lambda: asked.append(study.ask()), lambda: study.tell(asked[0], 1.0)])
+    study_module.wait_for_other_workers(study, looks, poll_seconds=0)
+    assert looks.steps == []
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
 def test_a_dead_workers_trial_fails_once_its_heartbeat_is_stale(postgres_url):
     storage = optuna.storages.RDBStorage(postgres_url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="dead")

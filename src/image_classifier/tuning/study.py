@@ -124,6 +124,8 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
                            poll_seconds: float = WAIT_POLL_SECONDS) -> None:
     """Return once no trial of `study` runs: the other workers' trials ended, or their heartbeat stopped.
 
+    It returns after two looks in a row, `poll_seconds` apart, that find no RUNNING trial and the same
+    number of trials: at one look another worker may be between one trial's end and the next's start.
     Each look first marks FAIL the RUNNING trials whose heartbeat is older than the storage's grace
     period (`optuna.storages.fail_stale_trials`): a dead worker holds no one up for longer than that.
 
@@ -132,18 +134,23 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
         stopping: set (Ctrl-C) to stop waiting at once.
         poll_seconds: seconds between looks.
     """
-    waiting_for = None
+    waiting_for, quiet_count = None, None  # quiet_count: trials at the last look that found none RUNNING
     while not stopping.is_set():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         if not running:
-            return
-        if running != waiting_for:
-            logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
-                        "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
-            waiting_for = running
+            if quiet_count == len(trials):
+                return
+            quiet_count = len(trials)
+        else:
+            quiet_count = None
+            if running != waiting_for:
+                logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
+                            "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
+                waiting_for = running
         stopping.wait(poll_seconds)
 
 
@@ -184,7 +191,7 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
     Several workers (processes, on one machine or many) share a study through one `storage` and
     `study_name`: each runs its own `max_trials` (the study gets their sum), trial numbers come from
     the storage (unique in the study), and each, once its trials ended, waits for the others'
-    (`wait_for_other_workers`), so that every worker reports the whole study and the same best trial.
+    (`wait_for_other_workers`), so that workers that end together report the same trials and best trial.
 
     Args:
         data: the ImageFolder root with train/, valid/ and test/.
