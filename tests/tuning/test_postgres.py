@@ -40,6 +40,13 @@ def test_a_bad_storage_url_fails_before_any_trial(tiny_tree, tmp_path, url, word
     assert not (tmp_path / "out" / "trials").exists()
 
 
+@pytest.mark.parametrize("url", ["postgresql+psycopg//tuner:s3cret@db/optuna", "postgres:/tuner:s3:cr/et@db"])
+def test_a_url_that_cannot_be_parsed_is_named_without_its_password(tmp_path, url):
+    with pytest.raises(ValueError, match="is not a database URL") as caught:
+        study_module.make_storage(url, tmp_path)
+    assert ":***@db" in str(caught.value) and "s3" not in str(caught.value)
+
+
 def test_an_unreachable_database_is_named_without_its_password(tiny_tree, tmp_path, capsys):
     closed = study_module.make_storage  # a port nothing listens on: 1 (tcpmux) on loopback
     url = "postgresql+psycopg://tuner:s3cret@127.0.0.1:1/optuna"

@@ -87,6 +87,19 @@ def schema_lock(url: sqlalchemy.engine.URL):
         engine.dispose()
 
 
+def masked(url: str) -> str:
+    """`url` with its password starred, for messages: what lies between the user name's `:` and the last `@`.
+
+    For a URL SQLAlchemy cannot parse; a parsed one: `URL.render_as_string(hide_password=True)`.
+    """
+    userinfo, at, rest = url.rpartition("@")
+    if not at:
+        return url
+    scheme, slashes, user = userinfo.partition("://") if "://" in userinfo else ("", "", userinfo)
+    user, colon, _ = user.partition(":")
+    return f"{scheme}{slashes}{user}{colon}{'***' if colon else ''}@{rest}"
+
+
 def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorage:
     """Open `storage` (an SQLAlchemy database URL), by default SQLite in `output`; SQLite waits for its lock.
 
@@ -103,7 +116,7 @@ def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorag
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise ValueError(f"--storage {url!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
+        raise ValueError(f"--storage {masked(url)!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
     shown = parsed.render_as_string(hide_password=True)
     sqlite = parsed.get_backend_name() == "sqlite"
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if sqlite else {}
