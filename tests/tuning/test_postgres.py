@@ -47,6 +47,28 @@ def test_a_url_that_cannot_be_parsed_is_named_without_its_password(tmp_path, url
     assert ":***@db" in str(caught.value) and "s3" not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["postgresql+psycopg://tuner@db:5432x/optuna",
+                                 "postgresql+psycopg://tuner:s3@cr:et@db:5432/optuna"])  # the password's @ unquoted
+def test_a_port_that_is_not_a_number_is_refused_on_one_line(tmp_path, url):
+    with pytest.raises(ValueError, match="the port is not a number") as caught:
+        study_module.make_storage(url, tmp_path)
+    assert "\n" not in str(caught.value) and "invalid literal" not in str(caught.value)
+    assert "s3" not in str(caught.value) and "cr:et" not in str(caught.value)
+
+
+def test_a_postgresql_connection_gives_up_after_connect_timeout(postgres_url, tmp_path, monkeypatch):
+    engines = []
+    create_engine = sqlalchemy.create_engine
+    monkeypatch.setattr(sqlalchemy, "create_engine", lambda *args, **kwargs: engines.append(kwargs) or
+                        create_engine(*args, **kwargs))  # the schema lock's engine
+    storage = study_module.make_storage(postgres_url, tmp_path)
+    assert [e.get("connect_args") for e in engines] == [{"connect_timeout": study_module.CONNECT_TIMEOUT_SECONDS}]
+    with storage.engine.connect() as connection:  # libpq's own parameters, on the storage's connections
+        assert connection.connection.dbapi_connection.info.get_parameters()["connect_timeout"] == "10"
+    with study_module.make_storage(f"{postgres_url}?connect_timeout=3", tmp_path).engine.connect() as connection:
+        assert connection.connection.dbapi_connection.info.get_parameters()["connect_timeout"] == "3"
+
+
 def test_an_unreachable_database_is_named_without_its_password(tiny_tree, tmp_path, capsys):
     closed = study_module.make_storage  # a port nothing listens on: 1 (tcpmux) on loopback
     url = "postgresql+psycopg://tuner:s3cret@127.0.0.1:1/optuna"

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 STUDY_DB = "study.db"            # the default storage: SQLite in the output folder
 SQLITE_TIMEOUT_SECONDS = 60      # parallel trials write to one SQLite file: wait for its lock
+CONNECT_TIMEOUT_SECONDS = 10     # PostgreSQL (libpq's connect_timeout): a silent host fails in 10 s, not ~2 min
 MEDIAN_STARTUP_TRIALS = 3        # median: trials that run to the end before any is pruned
 MEDIAN_WARMUP_EPOCHS = 1         # median: epochs of each trial never pruned
 HYPERBAND_REDUCTION_FACTOR = 3   # hyperband: 1/3 of the trials at a rung go on to the next
@@ -69,8 +70,10 @@ def max_epochs(distributions: dict[str, Any], static: dict[str, str]) -> int:
 
 
 @contextlib.contextmanager
-def schema_lock(url: sqlalchemy.engine.URL):
+def schema_lock(url: sqlalchemy.engine.URL, engine_kwargs: dict[str, Any]):
     """While inside, hold PostgreSQL's advisory lock `SCHEMA_LOCK_KEY` on `url`'s database; other databases: nothing.
+
+    `engine_kwargs` go to `sqlalchemy.create_engine` (the connection's timeout).
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached.
@@ -78,7 +81,7 @@ def schema_lock(url: sqlalchemy.engine.URL):
     if url.get_backend_name() != "postgresql":
         yield
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
     try:
         with engine.connect() as connection:  # the lock ends with its session, however this ends
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -103,12 +106,14 @@ def masked(url: str) -> str:
 def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorage:
     """Open `storage` (an SQLAlchemy database URL), by default SQLite in `output`; SQLite waits for its lock.
 
+    A PostgreSQL connection gives up after `CONNECT_TIMEOUT_SECONDS`, unless the URL sets `connect_timeout`.
+
     Every trial records a heartbeat (`HEARTBEAT_SECONDS`), so that the trials of a worker that died can
     be told from those still running (`wait_for_other_workers`).
 
     Raises:
-        ValueError: `storage` is not a database URL, or no driver for its database is installed
-            (PostgreSQL: psycopg, in the tune extra).
+        ValueError: `storage` is not a database URL, its port is not a number, or no driver for its
+            database is installed (PostgreSQL: psycopg, in the tune extra).
         ConnectionError: the database cannot be reached or refused the connection (the message
             names it without its password).
     """
@@ -117,11 +122,19 @@ def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorag
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise ValueError(f"--storage {masked(url)!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ValueError(f"--storage {masked(url)!r}: the port is not a number (a password with @ or / in it must "
+                         f"be percent-encoded): e.g. {EXAMPLE_URL}") from None
     shown = parsed.render_as_string(hide_password=True)
-    sqlite = parsed.get_backend_name() == "sqlite"
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if sqlite else {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    elif backend == "postgresql" and "connect_timeout" not in parsed.query:
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+    else:
+        engine_kwargs = {}
     try:
-        with schema_lock(parsed), warnings.catch_warnings():
+        with schema_lock(parsed, engine_kwargs), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=HEARTBEAT_SECONDS)
