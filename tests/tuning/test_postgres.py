@@ -153,24 +153,38 @@ def test_ctrl_c_stops_the_wait(postgres_url, tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
 
 
-def test_of_equal_values_the_first_trial_is_best(tmp_path):
+def test_of_equal_values_the_lowest_numbered_trial_is_best():
     study = optuna.create_study(direction="maximize")
-    for value in (0.5, 1.0, 1.0, 0.75):
-        study.add_trial(optuna.trial.create_trial(value=value))
-    assert report.best_trial(study).number == 1
+    study.tell(study.ask(), 0.5)
+    first, second = study.ask(), study.ask()
+    study.tell(second, 1.0)  # the later trial ends first ...
+    study.tell(first, 1.0)   # ... and the earlier one ties it
+    assert study.best_trial.number == second.number  # Optuna's choice, here: the first told
+    assert report.best_trial(study).number == first.number
 
 
 @pytest.mark.slow
 def test_two_tune_processes_share_one_study(tiny_tree, tmp_path, postgres_url):
     url = new_database(postgres_url, "shared")
     outputs = [tmp_path / f"machine{i}" for i in range(2)]  # each worker its own folder, as on two machines
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "image_classifier.cli", "tune", "--data", str(tiny_tree), "--output", str(out),
-         "--storage", url, "--study-name", "shared", "--max-trials", "2", "--parallel", "1", "--pruner", "none",
-         "--seed", str(i), "--search-space", QUICK_SPACE, *[f"--hyperparameter={k}={v}" for k, v in STATIC.items()]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, out in enumerate(outputs)]
-    answers = [worker.communicate(timeout=600) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], [err[-3000:] for _, err in answers]
+    logs = [(tmp_path / f"machine{i}.out", tmp_path / f"machine{i}.err") for i in range(2)]  # files: no pipe fills
+    workers = []
+    try:
+        for i, (out, (stdout, stderr)) in enumerate(zip(outputs, logs)):
+            with stdout.open("w") as out_file, stderr.open("w") as err_file:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "image_classifier.cli", "tune", "--data", str(tiny_tree), "--output",
+                     str(out), "--storage", url, "--study-name", "shared", "--max-trials", "2", "--parallel", "1",
+                     "--pruner", "none", "--seed", str(i), "--search-space", QUICK_SPACE,
+                     *[f"--hyperparameter={k}={v}" for k, v in STATIC.items()]], stdout=out_file, stderr=err_file))
+        codes = [worker.wait(timeout=600) for worker in workers]
+    finally:
+        for worker in workers:  # a failure or a timeout above leaves no worker running
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert codes == [0, 0], [stderr.read_text()[-3000:] for _, stderr in logs]
+    answers = [stdout.read_text() for stdout, _ in logs]
 
     study = optuna.load_study(study_name="shared", storage=url)
     # trial numbers unique, and the counts add up: 2 + 2, each worker its own two
@@ -182,7 +196,7 @@ def test_two_tune_processes_share_one_study(tiny_tree, tmp_path, postgres_url):
     # both report the whole study and the same best trial
     best = [json.loads((out / report.BEST_FILE).read_text()) for out in outputs]
     assert best[0] == best[1] and best[0]["training_job"] == f"shared-{report.best_trial(study).number:03d}"
-    best_lines = [next(line for line in out.splitlines() if line.startswith("best: ")) for out, _ in answers]
+    best_lines = [next(line for line in out.splitlines() if line.startswith("best: ")) for out in answers]
     assert best_lines[0].split(";")[0] == best_lines[1].split(";")[0]
     for out in outputs:
         assert (out / report.TRIALS_TABLE).read_text().count(" COMPLETE ") == 4
