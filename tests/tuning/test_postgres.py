@@ -1,10 +1,13 @@
 """Tuning across machines: one study on a real PostgreSQL server, shared by several `image-classifier tune`."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +16,7 @@ import sqlalchemy
 from image_classifier import cli
 from image_classifier.tuning import report
 from image_classifier.tuning import study as study_module
+from tests.tuning import postgres
 from tests.tuning.test_study import QUICK_SPACE, STATIC
 
 # study.ask() outside optimize: Optuna warns that heartbeats are meant for Study.optimize; RDBStorage made here
@@ -27,6 +31,18 @@ def new_database(server_url: str, name: str) -> str:
         connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return sqlalchemy.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def test_the_throwaway_server_says_why_initdb_failed(monkeypatch):
+    with tempfile.TemporaryDirectory() as folder:  # not tmp_path: as root, the postgres user runs the script
+        os.chmod(folder, 0o755)
+        initdb = Path(folder) / "initdb"
+        initdb.write_text("#!/bin/sh\necho 'initdb: no space left on device' >&2\nexit 1\n")
+        initdb.chmod(0o755)
+        monkeypatch.setattr(postgres, "bindir", lambda: Path(folder))
+        with pytest.raises(RuntimeError, match="initdb failed: initdb: no space left on device"), \
+                postgres.throwaway_server():
+            pass
 
 
 @pytest.mark.parametrize("url, words", [
