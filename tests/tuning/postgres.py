@@ -42,7 +42,8 @@ def throwaway_server() -> Iterator[str]:
     """Run a fresh PostgreSQL cluster while inside; yields its URL for SQLAlchemy (psycopg 3 driver).
 
     Raises:
-        RuntimeError: PostgreSQL's server binaries are not installed, or the server did not start.
+        RuntimeError: PostgreSQL's server binaries are not installed, initdb failed, or the server did not
+            start (the message has their output).
     """
     binaries = bindir()
     if binaries is None:
@@ -55,8 +56,10 @@ def throwaway_server() -> Iterator[str]:
         shutil.chown(folder, SERVER_USER)
     data, port = folder / "data", _free_port()
     try:
-        subprocess.run([*prefix, binaries / "initdb", "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True)
+        made = subprocess.run([*prefix, binaries / "initdb", "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8",
+                               "--no-sync"], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {made.stdout}{made.stderr}")
         # fsync off: a test database need not survive a power cut
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
         started = subprocess.run([*prefix, binaries / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w",

@@ -1,10 +1,13 @@
 """Tuning across machines: one study on a real PostgreSQL server, shared by several `image-classifier tune`."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +16,7 @@ import sqlalchemy
 from image_classifier import cli
 from image_classifier.tuning import report
 from image_classifier.tuning import study as study_module
+from tests.tuning import postgres
 from tests.tuning.test_study import QUICK_SPACE, STATIC
 
 # study.ask() outside optimize: Optuna warns that heartbeats are meant for Study.optimize; RDBStorage made here
@@ -29,6 +33,18 @@ def new_database(server_url: str, name: str) -> str:
     return sqlalchemy.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
+def test_the_throwaway_server_says_why_initdb_failed(monkeypatch):
+    with tempfile.TemporaryDirectory() as folder:  # not tmp_path: as root, the postgres user runs the script
+        os.chmod(folder, 0o755)
+        initdb = Path(folder) / "initdb"
+        initdb.write_text("#!/bin/sh\necho 'initdb: no space left on device' >&2\nexit 1\n")
+        initdb.chmod(0o755)
+        monkeypatch.setattr(postgres, "bindir", lambda: Path(folder))
+        with pytest.raises(RuntimeError, match="initdb failed: initdb: no space left on device"), \
+                postgres.throwaway_server():
+            pass
+
+
 @pytest.mark.parametrize("url, words", [
     ("postgres:/nohost", "not a database URL"),
     ("nosuchdatabase://u@h/db", "no driver for 'nosuchdatabase'"),
@@ -38,6 +54,35 @@ def test_a_bad_storage_url_fails_before_any_trial(tiny_tree, tmp_path, url, word
     with pytest.raises(ValueError, match=re.escape(words)):
         study_module.tune(tiny_tree, tmp_path / "out", STATIC, storage=url)
     assert not (tmp_path / "out" / "trials").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg//tuner:s3cret@db/optuna", "postgres:/tuner:s3:cr/et@db"])
+def test_a_url_that_cannot_be_parsed_is_named_without_its_password(tmp_path, url):
+    with pytest.raises(ValueError, match="is not a database URL") as caught:
+        study_module.make_storage(url, tmp_path)
+    assert ":***@db" in str(caught.value) and "s3" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://tuner@db:5432x/optuna",
+                                 "postgresql+psycopg://tuner:s3@cr:et@db:5432/optuna"])  # the password's @ unquoted
+def test_a_port_that_is_not_a_number_is_refused_on_one_line(tmp_path, url):
+    with pytest.raises(ValueError, match="the port is not a number") as caught:
+        study_module.make_storage(url, tmp_path)
+    assert "\n" not in str(caught.value) and "invalid literal" not in str(caught.value)
+    assert "s3" not in str(caught.value) and "cr:et" not in str(caught.value)
+
+
+def test_a_postgresql_connection_gives_up_after_connect_timeout(postgres_url, tmp_path, monkeypatch):
+    engines = []
+    create_engine = sqlalchemy.create_engine
+    monkeypatch.setattr(sqlalchemy, "create_engine", lambda *args, **kwargs: engines.append(kwargs) or
+                        create_engine(*args, **kwargs))  # the schema lock's engine
+    storage = study_module.make_storage(postgres_url, tmp_path)
+    assert [e.get("connect_args") for e in engines] == [{"connect_timeout": study_module.CONNECT_TIMEOUT_SECONDS}]
+    with storage.engine.connect() as connection:  # libpq's own parameters, on the storage's connections
+        assert connection.connection.dbapi_connection.info.get_parameters()["connect_timeout"] == "10"
+    with study_module.make_storage(f"{postgres_url}?connect_timeout=3", tmp_path).engine.connect() as connection:
+        assert connection.connection.dbapi_connection.info.get_parameters()["connect_timeout"] == "3"
 
 
 def test_an_unreachable_database_is_named_without_its_password(tiny_tree, tmp_path, capsys):
@@ -82,6 +127,30 @@ def test_waiting_ends_when_the_other_workers_trial_does(postgres_url, tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
 
 
+class BetweenLooks(threading.Event):
+    """A stop event that is never set; its waits (the pauses between two looks) run `steps`, one each."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = list(steps)
+
+    def wait(self, timeout=None):
+        if self.steps:
+            self.steps.pop(0)()
+        return False
+
+
+def test_waiting_outlasts_another_worker_between_its_trials(postgres_url, tmp_path):
+    study = optuna.create_study(storage=study_module.make_storage(postgres_url, tmp_path), study_name="between")
+    study.tell(study.ask(), 0.5)  # the other worker's first trial ended, its next not yet asked
+    asked = []
+    looks = BetweenLooks([lambda: study.tell(study.ask(), 0.75),  # a whole trial between two looks
+                          lambda: asked.append(study.ask()), lambda: study.tell(asked[0], 1.0)])
+    study_module.wait_for_other_workers(study, looks, poll_seconds=0)
+    assert looks.steps == []
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
 def test_a_dead_workers_trial_fails_once_its_heartbeat_is_stale(postgres_url):
     storage = optuna.storages.RDBStorage(postgres_url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="dead")
@@ -100,24 +169,38 @@ def test_ctrl_c_stops_the_wait(postgres_url, tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
 
 
-def test_of_equal_values_the_first_trial_is_best(tmp_path):
+def test_of_equal_values_the_lowest_numbered_trial_is_best():
     study = optuna.create_study(direction="maximize")
-    for value in (0.5, 1.0, 1.0, 0.75):
-        study.add_trial(optuna.trial.create_trial(value=value))
-    assert report.best_trial(study).number == 1
+    study.tell(study.ask(), 0.5)
+    first, second = study.ask(), study.ask()
+    study.tell(second, 1.0)  # the later trial ends first ...
+    study.tell(first, 1.0)   # ... and the earlier one ties it
+    assert study.best_trial.number == second.number  # Optuna's choice, here: the first told
+    assert report.best_trial(study).number == first.number
 
 
 @pytest.mark.slow
 def test_two_tune_processes_share_one_study(tiny_tree, tmp_path, postgres_url):
     url = new_database(postgres_url, "shared")
     outputs = [tmp_path / f"machine{i}" for i in range(2)]  # each worker its own folder, as on two machines
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "image_classifier.cli", "tune", "--data", str(tiny_tree), "--output", str(out),
-         "--storage", url, "--study-name", "shared", "--max-trials", "2", "--parallel", "1", "--pruner", "none",
-         "--seed", str(i), "--search-space", QUICK_SPACE, *[f"--hyperparameter={k}={v}" for k, v in STATIC.items()]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, out in enumerate(outputs)]
-    answers = [worker.communicate(timeout=600) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], [err[-3000:] for _, err in answers]
+    logs = [(tmp_path / f"machine{i}.out", tmp_path / f"machine{i}.err") for i in range(2)]  # files: no pipe fills
+    workers = []
+    try:
+        for i, (out, (stdout, stderr)) in enumerate(zip(outputs, logs)):
+            with stdout.open("w") as out_file, stderr.open("w") as err_file:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "image_classifier.cli", "tune", "--data", str(tiny_tree), "--output",
+                     str(out), "--storage", url, "--study-name", "shared", "--max-trials", "2", "--parallel", "1",
+                     "--pruner", "none", "--seed", str(i), "--search-space", QUICK_SPACE,
+                     *[f"--hyperparameter={k}={v}" for k, v in STATIC.items()]], stdout=out_file, stderr=err_file))
+        codes = [worker.wait(timeout=600) for worker in workers]
+    finally:
+        for worker in workers:  # a failure or a timeout above leaves no worker running
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert codes == [0, 0], [stderr.read_text()[-3000:] for _, stderr in logs]
+    answers = [stdout.read_text() for stdout, _ in logs]
 
     study = optuna.load_study(study_name="shared", storage=url)
     # trial numbers unique, and the counts add up: 2 + 2, each worker its own two
@@ -129,7 +212,7 @@ def test_two_tune_processes_share_one_study(tiny_tree, tmp_path, postgres_url):
     # both report the whole study and the same best trial
     best = [json.loads((out / report.BEST_FILE).read_text()) for out in outputs]
     assert best[0] == best[1] and best[0]["training_job"] == f"shared-{report.best_trial(study).number:03d}"
-    best_lines = [next(line for line in out.splitlines() if line.startswith("best: ")) for out, _ in answers]
+    best_lines = [next(line for line in out.splitlines() if line.startswith("best: ")) for out in answers]
     assert best_lines[0].split(";")[0] == best_lines[1].split(";")[0]
     for out in outputs:
         assert (out / report.TRIALS_TABLE).read_text().count(" COMPLETE ") == 4

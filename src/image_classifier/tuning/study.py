@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 STUDY_DB = "study.db"            # the default storage: SQLite in the output folder
 SQLITE_TIMEOUT_SECONDS = 60      # parallel trials write to one SQLite file: wait for its lock
+CONNECT_TIMEOUT_SECONDS = 10     # PostgreSQL (libpq's connect_timeout): a silent host fails in 10 s, not ~2 min
 MEDIAN_STARTUP_TRIALS = 3        # median: trials that run to the end before any is pruned
 MEDIAN_WARMUP_EPOCHS = 1         # median: epochs of each trial never pruned
 HYPERBAND_REDUCTION_FACTOR = 3   # hyperband: 1/3 of the trials at a rung go on to the next
@@ -69,8 +70,10 @@ def max_epochs(distributions: dict[str, Any], static: dict[str, str]) -> int:
 
 
 @contextlib.contextmanager
-def schema_lock(url: sqlalchemy.engine.URL):
+def schema_lock(url: sqlalchemy.engine.URL, engine_kwargs: dict[str, Any]):
     """While inside, hold PostgreSQL's advisory lock `SCHEMA_LOCK_KEY` on `url`'s database; other databases: nothing.
+
+    `engine_kwargs` go to `sqlalchemy.create_engine` (the connection's timeout).
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached.
@@ -78,7 +81,7 @@ def schema_lock(url: sqlalchemy.engine.URL):
     if url.get_backend_name() != "postgresql":
         yield
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
     try:
         with engine.connect() as connection:  # the lock ends with its session, however this ends
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -87,15 +90,30 @@ def schema_lock(url: sqlalchemy.engine.URL):
         engine.dispose()
 
 
+def masked(url: str) -> str:
+    """`url` with its password starred, for messages: what lies between the user name's `:` and the last `@`.
+
+    For a URL SQLAlchemy cannot parse; a parsed one: `URL.render_as_string(hide_password=True)`.
+    """
+    userinfo, at, rest = url.rpartition("@")
+    if not at:
+        return url
+    scheme, slashes, user = userinfo.partition("://") if "://" in userinfo else ("", "", userinfo)
+    user, colon, _ = user.partition(":")
+    return f"{scheme}{slashes}{user}{colon}{'***' if colon else ''}@{rest}"
+
+
 def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorage:
     """Open `storage` (an SQLAlchemy database URL), by default SQLite in `output`; SQLite waits for its lock.
+
+    A PostgreSQL connection gives up after `CONNECT_TIMEOUT_SECONDS`, unless the URL sets `connect_timeout`.
 
     Every trial records a heartbeat (`HEARTBEAT_SECONDS`), so that the trials of a worker that died can
     be told from those still running (`wait_for_other_workers`).
 
     Raises:
-        ValueError: `storage` is not a database URL, or no driver for its database is installed
-            (PostgreSQL: psycopg, in the tune extra).
+        ValueError: `storage` is not a database URL, its port is not a number, or no driver for its
+            database is installed (PostgreSQL: psycopg, in the tune extra).
         ConnectionError: the database cannot be reached or refused the connection (the message
             names it without its password).
     """
@@ -103,12 +121,20 @@ def make_storage(storage: str | None, output: Path) -> optuna.storages.RDBStorag
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise ValueError(f"--storage {url!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
+        raise ValueError(f"--storage {masked(url)!r} is not a database URL: e.g. {EXAMPLE_URL}") from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ValueError(f"--storage {masked(url)!r}: the port is not a number (a password with @ or / in it must "
+                         f"be percent-encoded): e.g. {EXAMPLE_URL}") from None
     shown = parsed.render_as_string(hide_password=True)
-    sqlite = parsed.get_backend_name() == "sqlite"
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if sqlite else {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    elif backend == "postgresql" and "connect_timeout" not in parsed.query:
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+    else:
+        engine_kwargs = {}
     try:
-        with schema_lock(parsed), warnings.catch_warnings():
+        with schema_lock(parsed, engine_kwargs), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=HEARTBEAT_SECONDS)
@@ -124,6 +150,8 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
                            poll_seconds: float = WAIT_POLL_SECONDS) -> None:
     """Return once no trial of `study` runs: the other workers' trials ended, or their heartbeat stopped.
 
+    It returns after two looks in a row, `poll_seconds` apart, that find no RUNNING trial and the same
+    number of trials: at one look another worker may be between one trial's end and the next's start.
     Each look first marks FAIL the RUNNING trials whose heartbeat is older than the storage's grace
     period (`optuna.storages.fail_stale_trials`): a dead worker holds no one up for longer than that.
 
@@ -132,18 +160,23 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
         stopping: set (Ctrl-C) to stop waiting at once.
         poll_seconds: seconds between looks.
     """
-    waiting_for = None
+    waiting_for, quiet_count = None, None  # quiet_count: trials at the last look that found none RUNNING
     while not stopping.is_set():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         if not running:
-            return
-        if running != waiting_for:
-            logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
-                        "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
-            waiting_for = running
+            if quiet_count == len(trials):
+                return
+            quiet_count = len(trials)
+        else:
+            quiet_count = None
+            if running != waiting_for:
+                logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
+                            "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
+                waiting_for = running
         stopping.wait(poll_seconds)
 
 
@@ -184,7 +217,7 @@ def tune(data: Path, output: Path, static: dict[str, str], *, objective: str = "
     Several workers (processes, on one machine or many) share a study through one `storage` and
     `study_name`: each runs its own `max_trials` (the study gets their sum), trial numbers come from
     the storage (unique in the study), and each, once its trials ended, waits for the others'
-    (`wait_for_other_workers`), so that every worker reports the whole study and the same best trial.
+    (`wait_for_other_workers`), so that workers that end together report the same trials and best trial.
 
     Args:
         data: the ImageFolder root with train/, valid/ and test/.
