@@ -164,7 +164,9 @@ def native(precision: str) -> bool:
 
 def compile_model(ov_model, precision: str = LOSSLESS, threads: int | None = None):
     """`ov_model` (or the path of its `.xml`) compiled for the CPU at `precision`, the precision
-    hint always explicit; a warning when this CPU would emulate it.
+    hint always explicit; a warning when this CPU lacks the precision's instructions: OpenVINO then
+    emulates it, or, for bf16 on a CPU without AVX-512 at all, runs fp32 instead (its compiled
+    INFERENCE_PRECISION_HINT says f32).
 
     Args:
         ov_model: the fp32 model (`convert`) for fp32 and bf16; the quantized one for int8.
@@ -175,15 +177,22 @@ def compile_model(ov_model, precision: str = LOSSLESS, threads: int | None = Non
     """
     import openvino as ov
 
-    if not native(_check(precision)):
-        logger.warning("this CPU has no %s instructions (it has %s): %s runs emulated, slower than fp32",
-                       precision, ", ".join(capabilities()), precision)
+    _check(precision)
     config = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
     model = core.read_model(str(ov_model)) if isinstance(ov_model, (str, Path)) else ov_model
-    return core.compile_model(model, "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
+    if not native(precision):
+        effective = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if precision == "bf16" and effective != ov.Type.bf16:
+            logger.warning("this CPU has no bf16 instructions (it has %s): OpenVINO runs the model at %s instead "
+                           "(lossless, no faster)", ", ".join(capabilities()), effective)
+        else:
+            logger.warning("this CPU has no %s instructions (it has %s): %s runs emulated, slower than fp32",
+                           precision, ", ".join(capabilities()), precision)
+    return compiled
 
 
 def infer(compiled, batch: np.ndarray) -> np.ndarray:

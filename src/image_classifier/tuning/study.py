@@ -35,6 +35,7 @@ HYPERBAND_REDUCTION_FACTOR = 3   # hyperband: 1/3 of the trials at a rung go on 
 # is marked FAIL by the next worker that looks.
 HEARTBEAT_SECONDS = 60
 WAIT_POLL_SECONDS = 10           # a worker done with its trials checks the others' this often
+CONFIRM_SECONDS = 2.0            # between wait_for_other_workers' two quiet looks: more than a tell-to-ask gap
 EXAMPLE_URL = "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
 # The PostgreSQL advisory lock workers hold while Optuna creates its tables: two workers starting at once on
 # an empty database otherwise both run CREATE TABLE, and one fails (UniqueViolation on pg_type). Any number
@@ -150,8 +151,9 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
                            poll_seconds: float = WAIT_POLL_SECONDS) -> None:
     """Return once no trial of `study` runs: the other workers' trials ended, or their heartbeat stopped.
 
-    It returns after two looks in a row, `poll_seconds` apart, that find no RUNNING trial and the same
-    number of trials: at one look another worker may be between one trial's end and the next's start.
+    It returns after two looks in a row that find no RUNNING trial and the same number of trials, the
+    second CONFIRM_SECONDS (or `poll_seconds`, if less) after the first: at one look another worker may
+    be between one trial's end and the next's start (milliseconds).
     Each look first marks FAIL the RUNNING trials whose heartbeat is older than the storage's grace
     period (`optuna.storages.fail_stale_trials`): a dead worker holds no one up for longer than that.
 
@@ -177,7 +179,7 @@ def wait_for_other_workers(study: optuna.Study, stopping: threading.Event,
                 logger.info("waiting for trial(s) %s of study %s, run by other workers, before the report "
                             "(Ctrl-C: report now)", ", ".join(map(str, running)), study.study_name)
                 waiting_for = running
-        stopping.wait(poll_seconds)
+        stopping.wait(poll_seconds if quiet_count is None else min(poll_seconds, CONFIRM_SECONDS))
 
 
 @contextlib.contextmanager
