@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from tqdm import tqdm
 
 from image_classifier.launch.async_inference import INVOCATION_TIMEOUT_SECONDS, MAX_PAYLOAD_BYTES
+from image_classifier.launch.upload import parse_s3_uri
 
 POLL_SECONDS = 5  # a HeadObject on each location every 5 s
 REQUEST_TTL_SECONDS = 21600  # how long a request may wait in the queue: RequestTTLSeconds's maximum, 6 h (botocore)
@@ -30,11 +31,13 @@ class AsyncFailed(RuntimeError):
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """`s3://bucket/key/prefix` → ("bucket", "key/prefix"). Raises: ValueError: not an s3:// URI."""
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not uri.startswith("s3://") or not bucket:
-        raise ValueError(f"--async takes an S3 prefix for the request bodies (s3://bucket/prefix), got {uri!r}")
-    return bucket, key
+    """`s3://bucket/key/prefix` → ("bucket", "key/prefix") (upload.parse_s3_uri). Raises: ValueError: not an
+    s3:// URI, in --async's words."""
+    try:
+        return parse_s3_uri(uri)
+    except ValueError:
+        raise ValueError(f"--async takes an S3 prefix for the request bodies (s3://bucket/prefix), "
+                         f"got {uri!r}") from None
 
 
 def check_payload(image: Path) -> None:
@@ -48,7 +51,7 @@ def check_payload(image: Path) -> None:
 def input_location(input_prefix: str, image: Path) -> str:
     """Where the body goes: a key of its own under `input_prefix` (a random id, then the file name)."""
     bucket, prefix = split_s3(input_prefix)
-    return f"s3://{bucket}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}{uuid.uuid4().hex}/{image.name}"
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}{uuid.uuid4().hex}/{image.name}"
 
 
 def request(headers: dict[str, str], location: str, timeout: int) -> dict[str, Any]:
